@@ -1,0 +1,133 @@
+"""The OAuth client-credentials token: fetch it, cache it until shortly before expiry, drop it on 401.
+
+The token endpoint locks a credential pair for 10 minutes after 5 refusals, so a refusal is
+remembered and re-raised without another call until the caller resets it or its wait is over.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Final
+
+import requests
+
+from ocrwatch.config import Credentials
+from ocrwatch.errors import ApiError, AuthError, TransientApiError
+from ocrwatch.log import register_secret
+from ocrwatch.retry import parse_retry_after
+
+REFRESH_MARGIN_S: Final = 60.0
+
+
+class TokenCache:
+    """Hands out an access token; one fetch at a time however many workers ask."""
+
+    def __init__(
+        self,
+        fetch: Callable[[], tuple[str, float]],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        refresh_margin_s: float = REFRESH_MARGIN_S,
+        auth_retry_s: float = math.inf,
+    ) -> None:
+        self._fetch = fetch
+        self._clock = clock
+        self._margin_s = refresh_margin_s
+        self._auth_retry_s = auth_retry_s
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._refresh_at = 0.0
+        self._refusal: str | None = None
+        self._refused_until = 0.0
+        self.fetches = 0
+
+    def get(self) -> str:
+        with self._lock:
+            now = self._clock()
+            if self._refusal is not None and now < self._refused_until:
+                raise AuthError(self._refusal, retry_after_s=self._refused_until - now)
+            if self._token is not None and now < self._refresh_at:
+                return self._token
+            try:
+                self.fetches += 1
+                token, lifetime_s = self._fetch()
+            except AuthError as exc:
+                self._refusal = str(exc)
+                wait = exc.retry_after_s if exc.retry_after_s is not None else self._auth_retry_s
+                self._refused_until = now + wait
+                raise
+            self._refusal = None
+            self._token = token
+            # A short-lived token (tests use 1 s) still gets half its life before a refresh.
+            self._refresh_at = now + lifetime_s - min(self._margin_s, lifetime_s / 2)
+            return token
+
+    def invalidate(self, token: str) -> None:
+        """Forget `token` (the API answered 401/403 to it), unless another worker already replaced it."""
+        with self._lock:
+            if self._token == token:
+                self._token = None
+
+    def reset(self) -> None:
+        """Forget a remembered refusal, e.g. after the credentials were changed and reloaded."""
+        with self._lock:
+            self._refusal = None
+            self._refused_until = 0.0
+
+    @property
+    def refused(self) -> bool:
+        with self._lock:
+            return self._refusal is not None and self._clock() < self._refused_until
+
+
+def fetch_token(
+    session: requests.Session, url: str, credentials: Credentials, timeout: tuple[float, float]
+) -> tuple[str, float]:
+    """POST client_credentials as a form and return (access_token, lifetime in seconds)."""
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": credentials.client_id,
+        "client_secret": credentials.client_secret.get_secret_value(),
+    }
+    try:
+        response = session.post(url, data=form, headers={"Accept": "application/json"}, timeout=timeout)
+    except requests.RequestException as exc:
+        raise TransientApiError(f"token endpoint unreachable: {type(exc).__name__}") from None
+    if response.status_code == 200:
+        return _parse_token(response)
+    raise error_for_token_status(response.status_code, response.headers.get("Retry-After"), credentials.client_id)
+
+
+def _parse_token(response: requests.Response) -> tuple[str, float]:
+    try:
+        body = response.json()
+        token = body["access_token"]
+        lifetime = float(body.get("expires_in", 3600))
+    except (ValueError, KeyError, TypeError):
+        raise TransientApiError("token endpoint sent a malformed token response") from None
+    if not isinstance(token, str) or not token:
+        raise TransientApiError("token endpoint sent an empty access_token")
+    register_secret(token)
+    return token, lifetime
+
+
+def error_for_token_status(status: int, retry_after: str | None, client_id: str) -> ApiError:
+    """What a non-200 from the token endpoint means; it never echoes the response body."""
+    wait = parse_retry_after(retry_after, time.time())
+    if status in (400, 401, 403):
+        return AuthError(
+            f"the token endpoint refused client_id `{client_id}` (HTTP {status}); "
+            "check api.client_id and the client secret",
+            status=status,
+        )
+    if status == 429:
+        return AuthError(
+            f"the token endpoint is rate-limiting client_id `{client_id}` after refused "
+            "credentials (HTTP 429); fix the credentials, then wait",
+            status=status,
+            retry_after_s=wait if wait is not None else 600.0,
+        )
+    return TransientApiError(f"token endpoint answered HTTP {status}", status=status, retry_after_s=wait)

@@ -1,0 +1,346 @@
+"""The Aspose.OCR Cloud API as ocrwatch uses it: stream one image up, get its task GUID back.
+
+The request body is built around a base64 encoding done chunk by chunk, with the Content-Length
+computed up front, so memory does not grow with image size; the same bytes are hashed as sent.
+Nothing above this module imports `requests`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+from typing import Final
+
+import requests
+
+from ocrwatch import __version__
+from ocrwatch.auth import TokenCache, fetch_token
+from ocrwatch.config import ApiConfig, Credentials
+from ocrwatch.errors import (
+    ApiError,
+    AuthError,
+    FileChangedError,
+    RejectedError,
+    TransientApiError,
+)
+from ocrwatch.retry import RetryPolicy, parse_retry_after
+from ocrwatch.settings import Settings
+
+GUID_RE: Final = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+CHUNK_BYTES: Final = 3 * 256 * 1024  # a multiple of 3, so chunks base64-encode independently
+USER_AGENT: Final = f"ocrwatch/{__version__}"
+IMAGE_MAGIC: Final = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+)
+AUTH_STATUSES: Final = (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN)
+
+
+def detect_image_type(head: bytes) -> str | None:
+    """The image format from its first bytes; the extension is not trusted."""
+    for magic, kind in IMAGE_MAGIC:
+        if head.startswith(magic):
+            return kind
+    return None
+
+
+def base64_length(size: int) -> int:
+    return 4 * ((size + 2) // 3)
+
+
+def payload_frame(settings: Settings) -> tuple[bytes, bytes]:
+    """The JSON body around the base64 image: what goes before it and what goes after."""
+    prefix = b'{"image": "'
+    suffix = b'", "settings": ' + json.dumps(settings.to_wire()).encode() + b"}"
+    return prefix, suffix
+
+
+def parse_task_id(body: str) -> str:
+    """The task GUID from a RecognizeImage answer: plain text, maybe quoted, maybe JSON."""
+    text = body.strip()
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        text = text[1:-1].strip()
+    if not GUID_RE.match(text):
+        raise TransientApiError(f"the service answered 200 without a task GUID ({text[:60]!r})")
+    return text.lower()
+
+
+def problem_detail(body: str) -> str:
+    """A short human reason from a ProblemDetails body, or the start of a plain one."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        parts = [str(data[k]) for k in ("title", "detail") if data.get(k)]
+        errors = data.get("errors")
+        if isinstance(errors, dict):
+            parts += [f"{k}: {'; '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in errors.items()]
+        if parts:
+            return " ".join(" - ".join(parts).split())[:300]
+    return " ".join(body.split())[:300] or "no detail given"
+
+
+def error_for_status(
+    status: int, detail: str, retry_after_s: float | None = None
+) -> ApiError | RejectedError | None:
+    """Map an Aspose HTTP status to what it means for this file; None means success."""
+    if 200 <= status < 300:
+        return None
+    if status in AUTH_STATUSES:
+        return AuthError(
+            f"the service refused a freshly issued token (HTTP {status}); check the account and its subscription",
+            status=status,
+        )
+    if status in (HTTPStatus.REQUEST_TIMEOUT, HTTPStatus.TOO_MANY_REQUESTS) or status >= 500:
+        return TransientApiError(f"the service answered HTTP {status}", status=status, retry_after_s=retry_after_s)
+    if 400 <= status < 500:
+        return RejectedError(f"rejected by the service (HTTP {status}): {detail}")
+    return TransientApiError(f"unexpected HTTP {status} from the service", status=status)
+
+
+@dataclass(slots=True)
+class ImageBody:
+    """A request body that streams `{"image": "<base64>", "settings": {...}}` from an open file."""
+
+    fd: int
+    size: int
+    prefix: bytes
+    suffix: bytes
+    sha256: hashlib._Hash = field(default_factory=hashlib.sha256)
+    short_read: bool = False
+
+    def __len__(self) -> int:
+        return len(self.prefix) + base64_length(self.size) + len(self.suffix)
+
+    def __iter__(self) -> Iterator[bytes]:
+        self.sha256 = hashlib.sha256()
+        yield self.prefix
+        offset = 0
+        while offset < self.size:
+            chunk = os.pread(self.fd, min(CHUNK_BYTES, self.size - offset), offset)
+            if not chunk:
+                # The file shrank under us: what was promised in Content-Length can't be sent.
+                self.short_read = True
+                raise FileChangedError("the file got shorter while it was being sent")
+            self.sha256.update(chunk)
+            offset += len(chunk)
+            yield base64.b64encode(chunk)
+        yield self.suffix
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    guid: str
+    sha256: str
+    size: int
+    mtime_ns: int
+    attempts: int
+    image_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    guid: str
+    status: str
+    results: dict[str, bytes]
+    messages: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def text(self) -> str | None:
+        data = self.results.get("Text")
+        return None if data is None else data.decode("utf-8", errors="replace")
+
+
+class OcrClient:
+    """Submits images; safe to share between worker threads (each gets its own Session)."""
+
+    def __init__(
+        self,
+        api: ApiConfig,
+        credentials: Credentials | None,
+        *,
+        policy: RetryPolicy | None = None,
+        tokens: TokenCache | None = None,
+    ) -> None:
+        self._api = api
+        self._timeout = (api.timeout.connect, api.timeout.read)
+        self._policy = policy or RetryPolicy(max_attempts=api.retry.max_attempts, max_delay_s=api.retry.max_delay)
+        self._local = threading.local()
+        self.trial = api.trial or credentials is None
+        if tokens is None and credentials is not None and not self.trial:
+            creds = credentials
+            tokens = TokenCache(
+                lambda: fetch_token(self._session(), api.resolved_token_url, creds, self._timeout)
+            )
+        self.tokens = tokens
+        endpoint = "RecognizeImageTrial" if self.trial else "RecognizeImage"
+        self._url = f"{api.base_url}/v5.0/ocr/{endpoint}"
+
+    def _session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["User-Agent"] = USER_AGENT
+            session.trust_env = False  # a proxy from the environment must not see our token
+            self._local.session = session
+        return session
+
+    def submit(self, path: Path, settings: Settings) -> Submission:
+        """Send one image and return its task; raises RejectedError, ApiError or FileChangedError."""
+        fd = _open_image(path)
+        try:
+            before = os.fstat(fd)
+            image_type = _check_image(fd, before, path)
+            prefix, suffix = payload_frame(settings)
+            body = ImageBody(fd, before.st_size, prefix, suffix)
+            guid, attempts = self._policy.call(lambda: self._post_image(body), path=str(path))
+            _check_unchanged(path, fd, before)
+            return Submission(guid, body.sha256.hexdigest(), before.st_size, before.st_mtime_ns, attempts, image_type)
+        finally:
+            os.close(fd)
+
+    def _post_image(self, body: ImageBody) -> str:
+        token = self.tokens.get() if self.tokens else None
+        response = self._send("POST", self._url, token, body)
+        if response.status_code in AUTH_STATUSES and self.tokens and token:
+            # Token revoked or expired early: one fresh token, one more try (as the Java SDK does).
+            self.tokens.invalidate(token)
+            response = self._send("POST", self._url, self.tokens.get(), body)
+        error = error_for_status(
+            response.status_code,
+            problem_detail(response.text),
+            parse_retry_after(response.headers.get("Retry-After"), time.time()),
+        )
+        if error is not None:
+            raise error
+        return parse_task_id(response.text)
+
+    def _send(self, method: str, url: str, token: str | None, body: ImageBody | None = None) -> requests.Response:
+        headers = {"Accept": "text/plain" if body is not None else "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            return self._session().request(method, url, data=body, headers=headers, timeout=self._timeout)
+        except FileChangedError:
+            raise
+        except requests.RequestException as exc:
+            if body is not None and body.short_read:
+                raise FileChangedError("the file got shorter while it was being sent") from None
+            raise TransientApiError(f"{type(exc).__name__} talking to the service") from None
+
+    def fetch_result(self, guid: str) -> TaskResult:
+        """One GET of a task's state and, once Completed, its decoded results."""
+        token = self.tokens.get() if self.tokens else None
+        response = self._send("GET", f"{self._url}?id={guid}", token)
+        if response.status_code in AUTH_STATUSES and self.tokens and token:
+            self.tokens.invalidate(token)
+            response = self._send("GET", f"{self._url}?id={guid}", self.tokens.get())
+        error = error_for_status(response.status_code, problem_detail(response.text))
+        if error is not None:
+            raise error
+        return parse_task_result(response.text)
+
+    def wait_for_result(
+        self, guid: str, *, deadline_s: float = 120.0, sleep: Callable[[float], None] = time.sleep
+    ) -> TaskResult:
+        """Poll until the task is Completed, Error or NotExist, backing off from 2 s to 10 s."""
+        waited, delay = 0.0, 2.0
+        while True:
+            result = self.fetch_result(guid)
+            if result.status not in ("Pending", "Processing") or waited >= deadline_s:
+                return result
+            sleep(delay)
+            waited += delay
+            delay = min(10.0, delay * 1.5)
+
+
+def parse_task_result(body: str) -> TaskResult:
+    try:
+        data = json.loads(body)
+        status = str(data["taskStatus"])
+        results = {
+            str(item["type"]): base64.b64decode(item["data"] or "")
+            for item in data.get("results") or []
+        }
+        error = data.get("error") or {}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TransientApiError(f"malformed task response ({type(exc).__name__})") from None
+    return TaskResult(
+        guid=str(data.get("id") or ""),
+        status=status,
+        results=results,
+        messages=tuple(map(str, error.get("messages") or ())),
+        warnings=tuple(map(str, error.get("warnings") or ())),
+    )
+
+
+def _open_image(path: Path) -> int:
+    try:
+        # O_NONBLOCK: a FIFO dropped into a folder must not hang a worker on open.
+        return os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        if not os.path.lexists(path):
+            raise FileChangedError("the file disappeared before it could be read") from None
+        raise RejectedError("cannot read the file: it is a dangling symbolic link") from None
+    except IsADirectoryError:
+        raise RejectedError("not a file: it is a directory") from None
+    except OSError as exc:
+        raise RejectedError(f"cannot read the file: {exc.strerror}") from None
+
+
+def _check_image(fd: int, st: os.stat_result, path: Path) -> str:
+    if stat.S_ISDIR(st.st_mode):
+        raise RejectedError("not a file: it is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise RejectedError("cannot read the file: it is not a regular file (a FIFO, socket or device)")
+    if st.st_size == 0:
+        raise RejectedError("the file is empty")
+    try:
+        head = os.pread(fd, 16, 0)
+    except OSError as exc:
+        raise RejectedError(f"cannot read the file: {exc.strerror}") from None
+    kind = detect_image_type(head)
+    if kind is None:
+        raise RejectedError(
+            f"not a supported image: {path.name} is not PNG, JPEG, TIFF, BMP or GIF by its content"
+        )
+    return kind
+
+
+def _check_unchanged(path: Path, fd: int, before: os.stat_result) -> None:
+    """A file that changed while it was sent must not get a .guid for content it no longer has."""
+    try:
+        now_fd = os.fstat(fd)
+        now_path = path.stat()
+    except OSError:
+        raise FileChangedError("the file disappeared while it was being sent") from None
+    same = (
+        now_fd.st_size == before.st_size
+        and now_fd.st_mtime_ns == before.st_mtime_ns
+        and now_path.st_ino == before.st_ino
+        and now_path.st_size == before.st_size
+        and now_path.st_mtime_ns == before.st_mtime_ns
+    )
+    if not same:
+        raise FileChangedError("the file changed while it was being sent")

@@ -1,0 +1,402 @@
+"""Parse and validate the YAML config into frozen models, and resolve the API credentials.
+
+Every mistake becomes one ConfigError sentence naming the file, the dotted key and the fix; nothing
+downstream sees a dict from YAML. Defaults live in the model fields and nowhere else.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Final
+from urllib.parse import urlsplit
+
+import structlog
+import yaml
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+)
+
+from ocrwatch.errors import ConfigError
+from ocrwatch.settings import (
+    DSR_CONFIDENCES,
+    DSR_MODES,
+    LANGUAGES,
+    RESULT_TYPES,
+    Settings,
+    check_choice,
+    nearest,
+)
+
+log = structlog.get_logger()
+
+DEFAULT_CONFIG_PATH: Final = Path("/etc/ocrwatch/config.yaml")
+DEFAULT_BASE_URL: Final = "https://api.aspose.cloud"
+DEFAULT_INCLUDE: Final = ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.bmp", "*.gif")
+DEFAULT_EXCLUDE: Final = (".*", "*.tmp", "*.part", "~$*")
+SECRET_ENV: Final = "OCRWATCH_CLIENT_SECRET"
+CLIENT_ID_ENV: Final = "OCRWATCH_CLIENT_ID"
+CREDENTIAL_NAME: Final = "client_secret"
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeout(Model):
+    connect: PositiveFloat = 10.0
+    read: PositiveFloat = 60.0
+
+
+class Retry(Model):
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 6
+    max_delay: PositiveFloat = 120.0
+
+
+def _check_url(value: str | None) -> str | None:
+    """Refuse URLs that would send the bearer token in clear to another machine."""
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"`{value}` is not an http(s) URL; use e.g. {DEFAULT_BASE_URL}")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise ValueError(
+            f"plain http to `{parts.hostname}` would send the token in clear; use https"
+        )
+    return value.rstrip("/")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ApiConfig(Model):
+    base_url: str = DEFAULT_BASE_URL
+    token_url: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    client_secret_file: Path | None = None
+    trial: StrictBool = False
+    concurrency: Annotated[int, Field(ge=1, le=64)] = 4
+    timeout: Timeout = Timeout()
+    retry: Retry = Retry()
+
+    _urls = field_validator("base_url", "token_url")(_check_url)
+
+    @property
+    def resolved_token_url(self) -> str:
+        return self.token_url or f"{self.base_url}/connect/token"
+
+
+class FolderConfig(Model):
+    path: Path
+    profile: str = "default"
+    recursive: StrictBool = True
+    include: tuple[str, ...] = DEFAULT_INCLUDE
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    polling: StrictBool = False
+    poll_interval: PositiveFloat = 10.0
+    settle_seconds: NonNegativeFloat = 2.0
+
+
+class SettingsSpec(Model):
+    """The API's setting keys as YAML spells them; shared by profiles and `.ocrwatch.yaml`."""
+
+    language: str | None = None
+    make_skew_correct: StrictBool | None = Field(None, alias="makeSkewCorrect")
+    make_binarization: StrictBool | None = Field(None, alias="makeBinarization")
+    make_spell_check: StrictBool | None = Field(None, alias="makeSpellCheck")
+    make_contrast_correction: StrictBool | None = Field(None, alias="makeContrastCorrection")
+    make_upsampling: StrictBool | None = Field(None, alias="makeUpsampling")
+    dsr_mode: str | None = Field(None, alias="dsrMode")
+    dsr_confidence: str | None = Field(None, alias="dsrConfidence")
+    result_type: str | None = Field(None, alias="resultType")
+    rotate: StrictInt | None = Field(
+        None, alias="Rotate", validation_alias=AliasChoices("Rotate", "rotate")
+    )
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, v: str | None) -> str | None:
+        return None if v is None else check_choice(v, LANGUAGES, "language")
+
+    @field_validator("dsr_mode")
+    @classmethod
+    def _dsr_mode(cls, v: str | None) -> str | None:
+        return None if v is None else check_choice(v, DSR_MODES, "dsrMode")
+
+    @field_validator("dsr_confidence")
+    @classmethod
+    def _dsr_confidence(cls, v: str | None) -> str | None:
+        return None if v is None else check_choice(v, DSR_CONFIDENCES, "dsrConfidence")
+
+    @field_validator("result_type")
+    @classmethod
+    def _result_type(cls, v: str | None) -> str | None:
+        return None if v is None else check_choice(v, RESULT_TYPES, "resultType")
+
+    @field_validator("rotate")
+    @classmethod
+    def _rotate(cls, v: int | None) -> int | None:
+        if v is not None and not -360 <= v <= 360:
+            raise ValueError(f"Rotate must be between -360 and 360 degrees, not {v}")
+        return v
+
+    def to_settings(self) -> Settings:
+        return Settings(**{name: getattr(self, name) for name in Settings.__slots__})
+
+
+class ProfileSpec(SettingsSpec):
+    extends: str | None = None
+
+
+class OverrideSpec(SettingsSpec):
+    """A `.ocrwatch.yaml` file: a profile to switch to and/or setting keys."""
+
+    profile: str | None = None
+
+
+class Config(Model):
+    api: ApiConfig = ApiConfig()
+    state_dir: Path = Path("/var/lib/ocrwatch")
+    rescan_interval: PositiveFloat = 300.0
+    shutdown_timeout: NonNegativeFloat = 30.0
+    folders: Annotated[tuple[FolderConfig, ...], Field(min_length=1)]
+    profiles: dict[str, ProfileSpec] = Field(default_factory=lambda: {"default": ProfileSpec()})
+
+    @property
+    def journal_path(self) -> Path:
+        return self.state_dir / "journal.sqlite3"
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    client_id: str
+    client_secret: SecretStr
+
+    def __repr__(self) -> str:
+        return f"Credentials(client_id={self.client_id!r}, client_secret='**********')"
+
+
+def format_loc(loc: tuple[int | str, ...]) -> str:
+    """('folders', 0, 'path') -> 'folders[0].path'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _model_at(root: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model class that owns the key at the end of `loc`, to list its valid keys."""
+    model: type[BaseModel] | None = root
+    for part in loc[:-1]:
+        if model is None:
+            return None
+        if isinstance(part, int) or part not in model.model_fields:
+            continue  # a list index or a dict key (a profile name): stay on the item type
+        model = _nested_model(model.model_fields[part].annotation)
+    return model
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _nested_model(arg)
+        if found is not None:
+            return found
+    if isinstance(annotation, types.UnionType):
+        return None
+    return None
+
+
+def _valid_keys(model: type[BaseModel]) -> list[str]:
+    return [f.alias or name for name, f in model.model_fields.items()] + (
+        ["rotate"] if "rotate" in model.model_fields else []
+    )
+
+
+def translate_validation_error(
+    exc: ValidationError, source: str, root: type[BaseModel]
+) -> ConfigError:
+    """The first pydantic error as one sentence: file, dotted key, problem, nearest valid name."""
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    where = f"{source}: {format_loc(loc)}" if loc else source
+    if err["type"] == "extra_forbidden":
+        model = _model_at(root, loc)
+        hint = nearest(str(loc[-1]), _valid_keys(model)) if model else None
+        tip = f"did you mean `{hint}`?" if hint else "remove it"
+        return ConfigError(f"{where}: unknown key; {tip}")
+    if err["type"] == "missing":
+        return ConfigError(f"{where}: required key is missing; add it")
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return ConfigError(f"{where}: {msg}; fix the value")
+
+
+def load_yaml(path: Path) -> object:
+    """Read one YAML file, turning I/O and syntax trouble into a ConfigError naming it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: config file not found; pass -c PATH or set OCRWATCH_CONFIG"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc}); check the path and its permissions") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: YAML syntax error{at}: {problem}; fix the file") from None
+
+
+def parse_config(data: object, source: str) -> Config:
+    """Validate parsed YAML into a Config, or raise one ConfigError."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: the config must be a YAML mapping with a `folders` key")
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise translate_validation_error(exc, source, Config) from None
+    if "default" not in config.profiles:
+        profiles = {"default": ProfileSpec(), **config.profiles}
+        config = config.model_copy(update={"profiles": profiles})
+    _check_profile_references(config, source)
+    _check_state_dir(config, source)
+    return config
+
+
+def _check_profile_references(config: Config, source: str) -> None:
+    names = list(config.profiles)
+    for i, folder in enumerate(config.folders):
+        if folder.profile not in config.profiles:
+            raise ConfigError(_unknown_profile(source, f"folders[{i}].profile", folder.profile, names))
+    for name, spec in config.profiles.items():
+        seen = [name]
+        current = spec
+        while current.extends is not None:
+            if current.extends not in config.profiles:
+                raise ConfigError(
+                    _unknown_profile(source, f"profiles.{seen[-1]}.extends", current.extends, names)
+                )
+            if current.extends in seen:
+                chain = " -> ".join([*seen, current.extends])
+                raise ConfigError(
+                    f"{source}: profiles.{name}.extends: cycle {chain}; remove one `extends`"
+                )
+            seen.append(current.extends)
+            current = config.profiles[current.extends]
+
+
+def _unknown_profile(source: str, key: str, name: str, names: list[str]) -> str:
+    hint = nearest(name, names)
+    tip = f"did you mean `{hint}`?" if hint else f"define it under `profiles` (known: {', '.join(names)})"
+    return f"{source}: {key}: unknown profile `{name}`; {tip}"
+
+
+def _check_state_dir(config: Config, source: str) -> None:
+    """The journal must not live where it would be watched: its writes would be events."""
+    state = config.state_dir.absolute()
+    for i, folder in enumerate(config.folders):
+        root = folder.path.absolute()
+        if state == root or root in state.parents:
+            raise ConfigError(
+                f"{source}: state_dir: {config.state_dir} is inside folders[{i}].path; "
+                "put state_dir outside every watched folder"
+            )
+
+
+def config_path(cli_value: str | None, env: Mapping[str, str]) -> Path:
+    if cli_value:
+        return Path(cli_value)
+    if env.get("OCRWATCH_CONFIG"):
+        return Path(env["OCRWATCH_CONFIG"])
+    return DEFAULT_CONFIG_PATH
+
+
+def load_config(path: Path) -> Config:
+    return parse_config(load_yaml(path), source=str(path))
+
+
+def resolve_credentials(config: Config, env: Mapping[str, str], source: str) -> Credentials | None:
+    """Find the client id and secret; None in trial mode.
+
+    Order: env OCRWATCH_CLIENT_SECRET, api.client_secret_file, the systemd credential
+    `client_secret` in $CREDENTIALS_DIRECTORY, then api.client_secret.
+    """
+    if config.api.trial:
+        return None
+    client_id = env.get(CLIENT_ID_ENV) or config.api.client_id
+    secret = _find_secret(config, env, source)
+    if not client_id or secret is None:
+        missing = " and ".join(
+            what
+            for what, absent in (("api.client_id", not client_id), ("a client secret", secret is None))
+            if absent
+        )
+        raise ConfigError(
+            f"{source}: no {missing}; set api.client_id (or {CLIENT_ID_ENV}) and "
+            f"api.client_secret_file (or {SECRET_ENV}, or a systemd credential "
+            f"`{CREDENTIAL_NAME}`), or set api.trial: true"
+        )
+    return Credentials(client_id=client_id, client_secret=secret)
+
+
+def _find_secret(config: Config, env: Mapping[str, str], source: str) -> SecretStr | None:
+    if env.get(SECRET_ENV):
+        return SecretStr(env[SECRET_ENV])
+    if config.api.client_secret_file is not None:
+        return _read_secret_file(config.api.client_secret_file, f"{source}: api.client_secret_file")
+    if env.get("CREDENTIALS_DIRECTORY"):
+        candidate = Path(env["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME
+        if candidate.exists():
+            return _read_secret_file(candidate, f"systemd credential {CREDENTIAL_NAME}")
+    return config.api.client_secret
+
+
+def _read_secret_file(path: Path, what: str) -> SecretStr:
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"{what}: cannot read {path} ({exc.strerror}); check the path and that the service user may read it"
+        ) from None
+    if not text:
+        raise ConfigError(f"{what}: {path} is empty; put the client secret in it")
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        log.warning("secret.file_permissive", path=str(path), mode=oct(stat.S_IMODE(mode)), fix="chmod 600")
+    return SecretStr(text)
+
+
+def env_map() -> Mapping[str, str]:
+    return os.environ

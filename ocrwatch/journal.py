@@ -1,0 +1,267 @@
+"""Durable file states in SQLite (WAL): the journal is the queue workers claim from.
+
+queued -> submitting -> submitted | rejected, or -> failed (transient; offered again at
+next_attempt_at). A crash leaves `submitting` rows, which `resume()` puts back in the queue, so an
+upload in flight at a crash is sent again (at-least-once). synchronous=NORMAL may lose the last
+commits on power loss, never on a process crash; the catch-up scan finds such files again.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from ocrwatch.errors import JournalError
+
+STATES: Final = ("queued", "submitting", "submitted", "failed", "rejected")
+DONE_STATES: Final = ("submitted", "rejected")
+MIGRATIONS: Final = (
+    # version 1
+    """
+    CREATE TABLE files(
+        path TEXT PRIMARY KEY,
+        root TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        sha256 TEXT,
+        state TEXT NOT NULL,
+        guid TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        last_error TEXT,
+        held INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX files_due ON files(state, held, next_attempt_at);
+    """,
+)
+LOOKUP_BATCH: Final = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    path: Path
+    root: Path
+    size: int
+    mtime_ns: int
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    path: Path
+    size: int
+    mtime_ns: int
+    state: str
+    guid: str | None
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    held: bool
+    updated_at: float
+
+
+class Journal:
+    """One SQLite connection shared by the daemon's threads behind a lock."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            if readonly:
+                self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            if not readonly:
+                self._migrate()
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(f"{path}: cannot open the journal ({exc}); check state_dir and its permissions") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise JournalError(
+                f"{self.path}: journal schema {version} is newer than this ocrwatch understands; upgrade ocrwatch"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            self._db.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version={number}; COMMIT;")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                yield self._db
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise JournalError(f"{self.path}: journal write failed ({exc}); check the disk under state_dir") from None
+
+    def _query(self, sql: str, params: Iterable[object] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return list(self._db.execute(sql, tuple(params)))
+            except sqlite3.Error as exc:
+                raise JournalError(f"{self.path}: journal read failed ({exc})") from None
+
+    def note(self, path: Path, root: Path, size: int, mtime_ns: int, now: float) -> bool:
+        """Queue a settled file unless it is already queued, in flight, or done with this content."""
+        with self._tx() as db:
+            row = db.execute("SELECT state, size, mtime_ns FROM files WHERE path=?", (str(path),)).fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO files(path, root, size, mtime_ns, state, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, 'queued', ?, ?)",
+                    (str(path), str(root), size, mtime_ns, now, now),
+                )
+                return True
+            state, old_size, old_mtime = row
+            if state in DONE_STATES and (old_size, old_mtime) != (size, mtime_ns):
+                db.execute(
+                    "UPDATE files SET state='queued', size=?, mtime_ns=?, attempts=0, next_attempt_at=0, "
+                    "last_error=NULL, held=0, root=?, updated_at=? WHERE path=?",
+                    (size, mtime_ns, str(root), now, str(path)),
+                )
+                return True
+            if state not in DONE_STATES and state != "submitting":
+                db.execute("UPDATE files SET size=?, mtime_ns=? WHERE path=?", (size, mtime_ns, str(path)))
+            return False
+
+    def lookup(self, paths: Iterable[Path]) -> dict[Path, tuple[int, int, str]]:
+        """(size, mtime_ns, state) for each known path, in batches (the catch-up scan's hot path)."""
+        found: dict[Path, tuple[int, int, str]] = {}
+        batch: list[str] = []
+        for path in paths:
+            batch.append(str(path))
+            if len(batch) == LOOKUP_BATCH:
+                self._lookup_batch(batch, found)
+                batch = []
+        if batch:
+            self._lookup_batch(batch, found)
+        return found
+
+    def _lookup_batch(self, batch: list[str], found: dict[Path, tuple[int, int, str]]) -> None:
+        marks = ",".join("?" * len(batch))
+        for path, size, mtime_ns, state in self._query(
+            f"SELECT path, size, mtime_ns, state FROM files WHERE path IN ({marks})", batch  # noqa: S608 -- only placeholders
+        ):
+            found[Path(path)] = (size, mtime_ns, state)
+
+    def claim(self, now: float) -> Job | None:
+        """Take the next due file for submission, or None if nothing is due."""
+        with self._tx() as db:
+            row = db.execute(
+                "UPDATE files SET state='submitting', updated_at=? WHERE path = ("
+                " SELECT path FROM files WHERE state IN ('queued', 'failed') AND held=0"
+                " AND next_attempt_at <= ? ORDER BY next_attempt_at, created_at LIMIT 1)"
+                " RETURNING path, root, size, mtime_ns, attempts",
+                (now, now),
+            ).fetchone()
+        if row is None:
+            return None
+        return Job(Path(row[0]), Path(row[1]), row[2], row[3], row[4])
+
+    def _set(self, path: Path, now: float, sql: str, params: tuple[object, ...]) -> None:
+        with self._tx() as db:
+            db.execute(f"UPDATE files SET {sql}, updated_at=? WHERE path=?", (*params, now, str(path)))  # noqa: S608 -- fixed fragments
+
+    def mark_submitted(self, path: Path, *, guid: str, sha256: str, size: int, mtime_ns: int, now: float) -> None:
+        self._set(
+            path, now,
+            "state='submitted', guid=?, sha256=?, size=?, mtime_ns=?, attempts=attempts+1, last_error=NULL, held=0",
+            (guid, sha256, size, mtime_ns),
+        )
+
+    def mark_rejected(self, path: Path, *, reason: str, size: int, mtime_ns: int, now: float) -> None:
+        self._set(path, now, "state='rejected', last_error=?, size=?, mtime_ns=?, attempts=attempts+1, held=0", (reason, size, mtime_ns))
+
+    def mark_failed(self, path: Path, *, error: str, next_attempt_at: float, now: float) -> None:
+        """A transient failure outlasted the client's retries: offer the file again later."""
+        self._set(path, now, "state='failed', last_error=?, next_attempt_at=?, attempts=attempts+1", (error, next_attempt_at))
+
+    def release(self, path: Path, *, now: float, not_before: float = 0.0, reason: str | None = None) -> None:
+        """Put a claimed file back in the queue without counting an attempt (shutdown, auth pause)."""
+        self._set(path, now, "state='queued', next_attempt_at=?, last_error=COALESCE(?, last_error)", (not_before, reason))
+
+    def hold(self, path: Path, *, reason: str, now: float) -> None:
+        """Keep a file queued but unclaimable until `release_held` (its override file is invalid)."""
+        self._set(path, now, "state='queued', held=1, last_error=?", (reason,))
+
+    def release_held(self, under: Path, now: float) -> int:
+        with self._tx() as db:
+            cursor = db.execute(
+                "UPDATE files SET held=0, last_error=NULL, next_attempt_at=0, updated_at=? "
+                "WHERE held=1 AND (path LIKE ? ESCAPE '\\')",
+                (now, _like_prefix(under)),
+            )
+            return cursor.rowcount
+
+    def forget(self, path: Path) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM files WHERE path=?", (str(path),))
+
+    def resume(self, now: float) -> int:
+        """After a crash: everything that was in flight goes back to the queue."""
+        with self._tx() as db:
+            return db.execute(
+                "UPDATE files SET state='queued', updated_at=? WHERE state='submitting'", (now,)
+            ).rowcount
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        for state, n in self._query("SELECT state, COUNT(*) FROM files GROUP BY state"):
+            counts[state] = n
+        return counts
+
+    def held_count(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM files WHERE held=1")[0][0])
+
+    def next_due_at(self) -> float:
+        rows = self._query(
+            "SELECT MIN(next_attempt_at) FROM files WHERE state IN ('queued','failed') AND held=0"
+        )
+        value = rows[0][0]
+        return math.inf if value is None else float(value)
+
+    def entries(self, *, states: Iterable[str] = STATES, limit: int = 1000) -> list[Entry]:
+        wanted = tuple(states)
+        marks = ",".join("?" * len(wanted))
+        rows = self._query(
+            "SELECT path, size, mtime_ns, state, guid, attempts, next_attempt_at, last_error, held, updated_at "
+            f"FROM files WHERE state IN ({marks}) ORDER BY updated_at DESC LIMIT ?",
+            (*wanted, limit),
+        )
+        return [_entry(r) for r in rows]
+
+    def entry(self, path: Path) -> Entry | None:
+        rows = self._query(
+            "SELECT path, size, mtime_ns, state, guid, attempts, next_attempt_at, last_error, held, updated_at "
+            "FROM files WHERE path=?",
+            (str(path),),
+        )
+        return _entry(rows[0]) if rows else None
+
+
+def _entry(r: sqlite3.Row) -> Entry:
+    return Entry(Path(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), r[9])
+
+
+def _like_prefix(directory: Path) -> str:
+    escaped = str(directory).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.rstrip("/") + "/%"
