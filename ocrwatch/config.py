@@ -256,8 +256,9 @@ def translate_validation_error(
         return ConfigError(f"{where}: unknown key; {tip}")
     if err["type"] == "missing":
         return ConfigError(f"{where}: required key is missing; add it")
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    return ConfigError(f"{where}: {msg}; fix the value")
+    if err["type"] == "value_error":  # our own validators already say what to do
+        return ConfigError(f"{where}: {str(err['msg']).removeprefix('Value error, ')}")
+    return ConfigError(f"{where}: {err['msg']}; fix the value")
 
 
 def load_yaml(path: Path) -> object:

@@ -151,7 +151,7 @@ class Emulator:
         return f"http://{host!s}:{port}"
 
     def start(self) -> Emulator:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="emulator", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="emulator", daemon=True)
         self._thread.start()
         return self
 

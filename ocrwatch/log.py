@@ -77,6 +77,7 @@ def configure_logging(*, json: bool | None = None, level: str = "info", stream: 
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        # Resolve stderr per call, not once: tests and daemons may swap sys.stderr later.
+        logger_factory=(lambda *_: structlog.PrintLogger(stream or sys.stderr)),
         cache_logger_on_first_use=False,
     )

@@ -1,0 +1,75 @@
+"""Shared fixtures: the emulator over loopback, config files on tmp_path, and wait_until."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+import yaml
+
+from ocrwatch.emulator import Emulator
+
+SECRET = "s3cr3t-Sentinel-7f1c2a"
+CLIENT_ID = "test-client"
+OCRWATCH = [sys.executable, "-m", "ocrwatch"]
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
+    """Poll condition until it holds; fail with a clear message at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout_s}s")
+        time.sleep(0.02)
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    with Emulator(client_id=CLIENT_ID, client_secret=SECRET, seed=1) as emu:
+        yield emu
+
+
+def write_config(path: Path, base_url: str, folders: list[dict[str, Any]], **extra: Any) -> Path:
+    data: dict[str, Any] = {
+        "api": {"base_url": base_url, "client_id": CLIENT_ID, "client_secret": SECRET,
+                "retry": {"max_attempts": 6, "max_delay": 0.2}},
+        "state_dir": str(path.parent / "state"),
+        "folders": folders,
+    }
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def inbox(tmp_path: Path) -> Path:
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, inbox: Path, emulator: Emulator) -> Path:
+    return write_config(tmp_path / "config.yaml", emulator.url, [{"path": str(inbox)}])
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCRWATCH_")}
+    env.update(extra)
+    return env
