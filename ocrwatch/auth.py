@@ -56,7 +56,11 @@ class TokenCache:
                 token, lifetime_s = self._fetch()
             except AuthError as exc:
                 self._refusal = str(exc)
-                wait = exc.retry_after_s if exc.retry_after_s is not None else self._auth_retry_s
+                wait = (
+                    exc.retry_after_s
+                    if exc.retry_after_s is not None
+                    else self._auth_retry_s
+                )
                 self._refused_until = now + wait
                 raise
             self._refusal = None
@@ -84,7 +88,10 @@ class TokenCache:
 
 
 def fetch_token(
-    session: requests.Session, url: str, credentials: Credentials, timeout: tuple[float, float]
+    session: requests.Session,
+    url: str,
+    credentials: Credentials,
+    timeout: tuple[float, float],
 ) -> tuple[str, float]:
     """POST client_credentials as a form and return (access_token, lifetime in seconds)."""
     form = {
@@ -93,12 +100,18 @@ def fetch_token(
         "client_secret": credentials.client_secret.get_secret_value(),
     }
     try:
-        response = session.post(url, data=form, headers={"Accept": "application/json"}, timeout=timeout)
+        response = session.post(
+            url, data=form, headers={"Accept": "application/json"}, timeout=timeout
+        )
     except requests.RequestException as exc:
-        raise TransientApiError(f"token endpoint unreachable: {type(exc).__name__}") from None
+        raise TransientApiError(
+            f"token endpoint unreachable: {type(exc).__name__}"
+        ) from None
     if response.status_code == 200:
         return _parse_token(response)
-    raise error_for_token_status(response.status_code, response.headers.get("Retry-After"), credentials.client_id)
+    raise error_for_token_status(
+        response.status_code, response.headers.get("Retry-After"), credentials.client_id
+    )
 
 
 def _parse_token(response: requests.Response) -> tuple[str, float]:
@@ -107,14 +120,18 @@ def _parse_token(response: requests.Response) -> tuple[str, float]:
         token = body["access_token"]
         lifetime = float(body.get("expires_in", 3600))
     except (ValueError, KeyError, TypeError):
-        raise TransientApiError("token endpoint sent a malformed token response") from None
+        raise TransientApiError(
+            "token endpoint sent a malformed token response"
+        ) from None
     if not isinstance(token, str) or not token:
         raise TransientApiError("token endpoint sent an empty access_token")
     register_secret(token)
     return token, lifetime
 
 
-def error_for_token_status(status: int, retry_after: str | None, client_id: str) -> ApiError:
+def error_for_token_status(
+    status: int, retry_after: str | None, client_id: str
+) -> ApiError:
     """What a non-200 from the token endpoint means; it never echoes the response body."""
     wait = parse_retry_after(retry_after, time.time())
     if status in (400, 401, 403):
@@ -130,4 +147,6 @@ def error_for_token_status(status: int, retry_after: str | None, client_id: str)
             status=status,
             retry_after_s=wait if wait is not None else 600.0,
         )
-    return TransientApiError(f"token endpoint answered HTTP {status}", status=status, retry_after_s=wait)
+    return TransientApiError(
+        f"token endpoint answered HTTP {status}", status=status, retry_after_s=wait
+    )

@@ -51,19 +51,31 @@ def folder_for(path: Path, config: Config) -> FolderConfig | None:
     return best
 
 
-def expand(paths: Sequence[Path], config: Config, profile: str | None) -> tuple[list[Target], list[Path]]:
+def expand(
+    paths: Sequence[Path], config: Config, profile: str | None
+) -> tuple[list[Target], list[Path]]:
     """Files to send (folders expanded by their include/exclude rules) and those already done."""
     targets: list[Target] = []
     skipped: list[Path] = []
     for given in paths:
         folder = folder_for(given, config)
-        root = folder.path.absolute() if folder else (given.absolute() if given.is_dir() else given.absolute().parent)
+        root = (
+            folder.path.absolute()
+            if folder
+            else (given.absolute() if given.is_dir() else given.absolute().parent)
+        )
         chosen = profile or (folder.profile if folder else "default")
         if given.is_dir():
             include = folder.include if folder else DEFAULT_INCLUDE
             exclude = folder.exclude if folder else DEFAULT_EXCLUDE
             recursive = folder.recursive if folder else True
-            for found_list in walk_candidates(given.absolute(), recursive=recursive, include=include, exclude=exclude, roots=[root]):
+            for found_list in walk_candidates(
+                given.absolute(),
+                recursive=recursive,
+                include=include,
+                exclude=exclude,
+                roots=[root],
+            ):
                 for found in found_list:
                     if has_current_sidecar(found.mtime_ns, found.sidecar_mtime_ns):
                         skipped.append(found.path)
@@ -78,27 +90,42 @@ def expand(paths: Sequence[Path], config: Config, profile: str | None) -> tuple[
                 mtime_ns = path.stat().st_mtime_ns
             except OSError:
                 mtime_ns = None
-            if sidecar is not None and mtime_ns is not None and has_current_sidecar(mtime_ns, sidecar[1]):
+            if (
+                sidecar is not None
+                and mtime_ns is not None
+                and has_current_sidecar(mtime_ns, sidecar[1])
+            ):
                 skipped.append(path)
             else:
                 targets.append(Target(path, root, chosen))
     return targets, skipped
 
 
-def run_batch(submitter: Submitter, targets: Sequence[Target], concurrency: int, *, progress: bool) -> Summary:
+def run_batch(
+    submitter: Submitter, targets: Sequence[Target], concurrency: int, *, progress: bool
+) -> Summary:
     summary = Summary()
-    stop = threading.Event()  # set once the credentials are refused: the rest would fail the same way
+    stop = (
+        threading.Event()
+    )  # set once the credentials are refused: the rest would fail the same way
 
     def send(target: Target) -> Result:
         if stop.is_set():
-            return Result(Outcome.AUTH, target.path, target.profile, error="not sent: the credentials were refused")
+            return Result(
+                Outcome.AUTH,
+                target.path,
+                target.profile,
+                error="not sent: the credentials were refused",
+            )
         result = submitter.send(target.path, target.root, target.profile)
         if result.outcome is Outcome.AUTH:
             stop.set()
         return result
 
     bar = tqdm(total=len(targets), unit="file", disable=not progress, file=sys.stderr)
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="submit") as pool:
+    with ThreadPoolExecutor(
+        max_workers=concurrency, thread_name_prefix="submit"
+    ) as pool:
         futures = [pool.submit(send, t) for t in targets]
         for future in as_completed(futures):
             result = future.result()

@@ -35,41 +35,121 @@ log = structlog.get_logger()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ocrwatch", description="Watch folders and submit new images to Aspose.OCR Cloud.")
-    parser.add_argument("--version", action="version", version=f"ocrwatch {__version__}")
+    parser = argparse.ArgumentParser(
+        prog="ocrwatch",
+        description="Watch folders and submit new images to Aspose.OCR Cloud.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"ocrwatch {__version__}"
+    )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", help="config file (default: $OCRWATCH_CONFIG, else /etc/ocrwatch/config.yaml)")
-    common.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
-    common.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
+    common.add_argument(
+        "-c",
+        "--config",
+        help="config file (default: $OCRWATCH_CONFIG, else /etc/ocrwatch/config.yaml)",
+    )
+    common.add_argument(
+        "--log-level", default=None, choices=["debug", "info", "warning", "error"]
+    )
+    common.add_argument(
+        "--log-format", default="auto", choices=["auto", "json", "console"]
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("run", parents=[common], help="the daemon: watch, queue, submit, write sidecars")
-    p = sub.add_parser("submit", parents=[common], help="submit the given files or folders once, then exit")
+    sub.add_parser(
+        "run", parents=[common], help="the daemon: watch, queue, submit, write sidecars"
+    )
+    p = sub.add_parser(
+        "submit",
+        parents=[common],
+        help="submit the given files or folders once, then exit",
+    )
     p.add_argument("--profile", help="profile to use instead of the folder's")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
-    sub.add_parser("check", parents=[common], help="validate the config and show each folder's settings")
-    p = sub.add_parser("status", parents=[common], help="counts per state, queue depth, recent failures")
+    sub.add_parser(
+        "check",
+        parents=[common],
+        help="validate the config and show each folder's settings",
+    )
+    p = sub.add_parser(
+        "status",
+        parents=[common],
+        help="counts per state, queue depth, recent failures",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("emulator", parents=[common], help="a local Aspose.OCR Cloud-compatible server")
+    p = sub.add_parser(
+        "emulator", parents=[common], help="a local Aspose.OCR Cloud-compatible server"
+    )
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8089, help="0 picks a free port; the bound URL is printed first")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=8089,
+        help="0 picks a free port; the bound URL is printed first",
+    )
     p.add_argument("--client-id", default="emulator")
-    p.add_argument("--client-secret", default=os.environ.get("OCRWATCH_EMULATOR_SECRET", "emulator-secret"),
-                   help="accepted secret (default: $OCRWATCH_EMULATOR_SECRET, else emulator-secret)")
-    p.add_argument("--token-ttl", type=float, default=3600.0, help="token lifetime, seconds")
-    p.add_argument("--latency", type=float, default=0.0, help="added to every response, seconds")
-    p.add_argument("--pending", type=float, default=0.0, help="seconds a task stays Pending")
-    p.add_argument("--processing", type=float, default=0.0, help="seconds a task stays Processing")
-    p.add_argument("--fail-503", type=float, default=0.0, metavar="RATE", help="fraction of uploads answered 503")
-    p.add_argument("--fail-429", type=float, default=0.0, metavar="RATE", help="fraction answered 429 with Retry-After")
-    p.add_argument("--retry-after", default="1", help="Retry-After value sent with injected 429s")
-    p.add_argument("--drop", type=float, default=0.0, metavar="RATE", help="fraction of connections dropped unanswered")
-    p.add_argument("--accept-drop", type=float, default=0.0, metavar="RATE", help="fraction accepted, then dropped unanswered")
+    p.add_argument(
+        "--client-secret",
+        default=os.environ.get("OCRWATCH_EMULATOR_SECRET", "emulator-secret"),
+        help="accepted secret (default: $OCRWATCH_EMULATOR_SECRET, else emulator-secret)",
+    )
+    p.add_argument(
+        "--token-ttl", type=float, default=3600.0, help="token lifetime, seconds"
+    )
+    p.add_argument(
+        "--latency", type=float, default=0.0, help="added to every response, seconds"
+    )
+    p.add_argument(
+        "--pending", type=float, default=0.0, help="seconds a task stays Pending"
+    )
+    p.add_argument(
+        "--processing", type=float, default=0.0, help="seconds a task stays Processing"
+    )
+    p.add_argument(
+        "--fail-503",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="fraction of uploads answered 503",
+    )
+    p.add_argument(
+        "--fail-429",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="fraction answered 429 with Retry-After",
+    )
+    p.add_argument(
+        "--retry-after", default="1", help="Retry-After value sent with injected 429s"
+    )
+    p.add_argument(
+        "--drop",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="fraction of connections dropped unanswered",
+    )
+    p.add_argument(
+        "--accept-drop",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="fraction accepted, then dropped unanswered",
+    )
     p.add_argument("--bad-image", choices=["reject", "task-error"], default="reject")
-    p.add_argument("--empty-401", action="store_true", help="answer 401 with an empty body instead of ProblemDetails")
+    p.add_argument(
+        "--empty-401",
+        action="store_true",
+        help="answer 401 with an empty body instead of ProblemDetails",
+    )
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--log", type=Path, default=None, help="JSON-lines log of what was received (no image bytes)")
+    p.add_argument(
+        "--log",
+        type=Path,
+        default=None,
+        help="JSON-lines log of what was received (no image bytes)",
+    )
     return parser
 
 
@@ -77,7 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     interactive = sys.stderr.isatty()
-    level = args.log_level or ("warning" if interactive and args.command == "submit" else "info")
+    level = args.log_level or (
+        "warning" if interactive and args.command == "submit" else "info"
+    )
     fmt = None if args.log_format == "auto" else args.log_format == "json"
     configure_logging(json=fmt, level=level)
     try:
@@ -108,13 +190,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     config, credentials, _ = load(args)
     if args.profile is not None and args.profile not in config.profiles:
-        raise ConfigError(f"--profile: unknown profile `{args.profile}`; known: {', '.join(config.profiles)}")
+        raise ConfigError(
+            f"--profile: unknown profile `{args.profile}`; known: {', '.join(config.profiles)}"
+        )
     targets, skipped = expand(args.paths, config, args.profile)
     client = OcrClient(config.api, credentials)
     submitter = Submitter(client, ProfileBook(config))
-    summary = run_batch(submitter, targets, config.api.concurrency, progress=sys.stderr.isatty())
+    summary = run_batch(
+        submitter, targets, config.api.concurrency, progress=sys.stderr.isatty()
+    )
     summary.skipped.extend(skipped)
-    print(f"submitted {len(summary.submitted)}, skipped {len(summary.skipped)} (sidecar present), failed {len(summary.failed)}")
+    print(
+        f"submitted {len(summary.submitted)}, skipped {len(summary.skipped)} (sidecar present), failed {len(summary.failed)}"
+    )
     for result in sorted(summary.failed, key=lambda r: str(r.path)):
         print(f"  failed: {result.path}: {result.error}")
     return summary.exit_code
@@ -123,16 +211,30 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     config, credentials, source = load(args)
     print(f"config: {source} (valid)")
-    mode = "trial (RecognizeImageTrial, no credentials)" if credentials is None else f"client_id {credentials.client_id}, secret found"
-    print(f"api: {config.api.base_url} token_url {config.api.resolved_token_url}; {mode}; concurrency {config.api.concurrency}")
+    mode = (
+        "trial (RecognizeImageTrial, no credentials)"
+        if credentials is None
+        else f"client_id {credentials.client_id}, secret found"
+    )
+    print(
+        f"api: {config.api.base_url} token_url {config.api.resolved_token_url}; {mode}; concurrency {config.api.concurrency}"
+    )
     print(f"state_dir: {config.state_dir}")
     for folder in config.folders:
         settings = resolve_profile(folder.profile, config.profiles).to_wire()
-        watch = f"polling every {folder.poll_interval:g}s" if folder.polling else "inotify"
-        exists = "" if folder.path.is_dir() else "  (missing: will be watched once it appears)"
+        watch = (
+            f"polling every {folder.poll_interval:g}s" if folder.polling else "inotify"
+        )
+        exists = (
+            ""
+            if folder.path.is_dir()
+            else "  (missing: will be watched once it appears)"
+        )
         print(f"folder: {folder.path}{exists}")
         print(f"  profile: {folder.profile} {json.dumps(settings)}")
-        print(f"  {watch}, {'recursive' if folder.recursive else 'top level only'}, settle {folder.settle_seconds:g}s")
+        print(
+            f"  {watch}, {'recursive' if folder.recursive else 'top level only'}, settle {folder.settle_seconds:g}s"
+        )
         print(f"  include {list(folder.include)} exclude {list(folder.exclude)}")
     return 0
 
@@ -143,7 +245,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     journal_path = config.journal_path
     if not journal_path.exists():
         report: dict[str, Any] = {"journal": str(journal_path), "exists": False}
-        print(json.dumps(report) if args.json else f"no journal at {journal_path} yet: nothing has been seen")
+        print(
+            json.dumps(report)
+            if args.json
+            else f"no journal at {journal_path} yet: nothing has been seen"
+        )
         return 0
     journal = Journal(journal_path, readonly=True)
     try:
@@ -155,8 +261,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     depth = counts["queued"] + counts["failed"] + counts["submitting"]
     if args.json:
         report = {
-            "journal": str(journal_path), "exists": True, "counts": counts, "queue_depth": depth, "held": held,
-            "recent_failures": [{"path": str(e.path), "state": e.state, "attempts": e.attempts, "error": e.last_error} for e in failures],
+            "journal": str(journal_path),
+            "exists": True,
+            "counts": counts,
+            "queue_depth": depth,
+            "held": held,
+            "recent_failures": [
+                {
+                    "path": str(e.path),
+                    "state": e.state,
+                    "attempts": e.attempts,
+                    "error": e.last_error,
+                }
+                for e in failures
+            ],
         }
         print(json.dumps(report, indent=2))
         return 0
@@ -171,12 +289,27 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
-    faults = Faults(rate_503=args.fail_503, rate_429=args.fail_429, retry_after=args.retry_after,
-                    rate_drop=args.drop, rate_accept_drop=args.accept_drop)
+    faults = Faults(
+        rate_503=args.fail_503,
+        rate_429=args.fail_429,
+        retry_after=args.retry_after,
+        rate_drop=args.drop,
+        rate_accept_drop=args.accept_drop,
+    )
     emulator = Emulator(
-        host=args.host, port=args.port, client_id=args.client_id, client_secret=args.client_secret,
-        token_ttl_s=args.token_ttl, latency_s=args.latency, pending_s=args.pending, processing_s=args.processing,
-        faults=faults, bad_image=args.bad_image, empty_401=args.empty_401, seed=args.seed, log_path=args.log,
+        host=args.host,
+        port=args.port,
+        client_id=args.client_id,
+        client_secret=args.client_secret,
+        token_ttl_s=args.token_ttl,
+        latency_s=args.latency,
+        pending_s=args.pending,
+        processing_s=args.processing,
+        faults=faults,
+        bad_image=args.bad_image,
+        empty_401=args.empty_401,
+        seed=args.seed,
+        log_path=args.log,
     )
     print(emulator.url, flush=True)
     stopping = threading.Event()

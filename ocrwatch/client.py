@@ -39,7 +39,9 @@ from ocrwatch.settings import Settings
 GUID_RE: Final = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
-CHUNK_BYTES: Final = 3 * 256 * 1024  # a multiple of 3, so chunks base64-encode independently
+CHUNK_BYTES: Final = (
+    3 * 256 * 1024
+)  # a multiple of 3, so chunks base64-encode independently
 USER_AGENT: Final = f"ocrwatch/{__version__}"
 IMAGE_MAGIC: Final = (
     (b"\x89PNG\r\n\x1a\n", "PNG"),
@@ -78,7 +80,9 @@ def parse_task_id(body: str) -> str:
     if len(text) >= 2 and text[0] == text[-1] == '"':
         text = text[1:-1].strip()
     if not GUID_RE.match(text):
-        raise TransientApiError(f"the service answered 200 without a task GUID ({text[:60]!r})")
+        raise TransientApiError(
+            f"the service answered 200 without a task GUID ({text[:60]!r})"
+        )
     return text.lower()
 
 
@@ -92,7 +96,10 @@ def problem_detail(body: str) -> str:
         parts = [str(data[k]) for k in ("title", "detail") if data.get(k)]
         errors = data.get("errors")
         if isinstance(errors, dict):
-            parts += [f"{k}: {'; '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in errors.items()]
+            parts += [
+                f"{k}: {'; '.join(map(str, v)) if isinstance(v, list) else v}"
+                for k, v in errors.items()
+            ]
         if parts:
             return " ".join(" - ".join(parts).split())[:300]
     return " ".join(body.split())[:300] or "no detail given"
@@ -109,11 +116,20 @@ def error_for_status(
             f"the service refused a freshly issued token (HTTP {status}); check the account and its subscription",
             status=status,
         )
-    if status in (HTTPStatus.REQUEST_TIMEOUT, HTTPStatus.TOO_MANY_REQUESTS) or status >= 500:
-        return TransientApiError(f"the service answered HTTP {status}", status=status, retry_after_s=retry_after_s)
+    if (
+        status in (HTTPStatus.REQUEST_TIMEOUT, HTTPStatus.TOO_MANY_REQUESTS)
+        or status >= 500
+    ):
+        return TransientApiError(
+            f"the service answered HTTP {status}",
+            status=status,
+            retry_after_s=retry_after_s,
+        )
     if 400 <= status < 500:
         return RejectedError(f"rejected by the service (HTTP {status}): {detail}")
-    return TransientApiError(f"unexpected HTTP {status} from the service", status=status)
+    return TransientApiError(
+        f"unexpected HTTP {status} from the service", status=status
+    )
 
 
 @dataclass(slots=True)
@@ -183,13 +199,17 @@ class OcrClient:
     ) -> None:
         self._api = api
         self._timeout = (api.timeout.connect, api.timeout.read)
-        self._policy = policy or RetryPolicy(max_attempts=api.retry.max_attempts, max_delay_s=api.retry.max_delay)
+        self._policy = policy or RetryPolicy(
+            max_attempts=api.retry.max_attempts, max_delay_s=api.retry.max_delay
+        )
         self._local = threading.local()
         self.trial = api.trial or credentials is None
         if tokens is None and credentials is not None and not self.trial:
             creds = credentials
             tokens = TokenCache(
-                lambda: fetch_token(self._session(), api.resolved_token_url, creds, self._timeout)
+                lambda: fetch_token(
+                    self._session(), api.resolved_token_url, creds, self._timeout
+                )
             )
         self.tokens = tokens
         endpoint = "RecognizeImageTrial" if self.trial else "RecognizeImage"
@@ -200,7 +220,9 @@ class OcrClient:
         if session is None:
             session = requests.Session()
             session.headers["User-Agent"] = USER_AGENT
-            session.trust_env = False  # a proxy from the environment must not see our token
+            session.trust_env = (
+                False  # a proxy from the environment must not see our token
+            )
             self._local.session = session
         return session
 
@@ -212,9 +234,18 @@ class OcrClient:
             image_type = _check_image(fd, before, path)
             prefix, suffix = payload_frame(settings)
             body = ImageBody(fd, before.st_size, prefix, suffix)
-            guid, attempts = self._policy.call(lambda: self._post_image(body), path=str(path))
+            guid, attempts = self._policy.call(
+                lambda: self._post_image(body), path=str(path)
+            )
             _check_unchanged(path, fd, before)
-            return Submission(guid, body.sha256.hexdigest(), before.st_size, before.st_mtime_ns, attempts, image_type)
+            return Submission(
+                guid,
+                body.sha256.hexdigest(),
+                before.st_size,
+                before.st_mtime_ns,
+                attempts,
+                image_type,
+            )
         finally:
             os.close(fd)
 
@@ -234,20 +265,28 @@ class OcrClient:
             raise error
         return parse_task_id(response.text)
 
-    def _send(self, method: str, url: str, token: str | None, body: ImageBody | None = None) -> requests.Response:
+    def _send(
+        self, method: str, url: str, token: str | None, body: ImageBody | None = None
+    ) -> requests.Response:
         headers = {"Accept": "text/plain" if body is not None else "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
         if token:
             headers["Authorization"] = f"Bearer {token}"
         try:
-            return self._session().request(method, url, data=body, headers=headers, timeout=self._timeout)
+            return self._session().request(
+                method, url, data=body, headers=headers, timeout=self._timeout
+            )
         except FileChangedError:
             raise
         except requests.RequestException as exc:
             if body is not None and body.short_read:
-                raise FileChangedError("the file got shorter while it was being sent") from None
-            raise TransientApiError(f"{type(exc).__name__} talking to the service") from None
+                raise FileChangedError(
+                    "the file got shorter while it was being sent"
+                ) from None
+            raise TransientApiError(
+                f"{type(exc).__name__} talking to the service"
+            ) from None
 
     def fetch_result(self, guid: str) -> TaskResult:
         """One GET of a task's state and, once Completed, its decoded results."""
@@ -262,7 +301,11 @@ class OcrClient:
         return parse_task_result(response.text)
 
     def wait_for_result(
-        self, guid: str, *, deadline_s: float = 120.0, sleep: Callable[[float], None] = time.sleep
+        self,
+        guid: str,
+        *,
+        deadline_s: float = 120.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> TaskResult:
         """Poll until the task is Completed, Error or NotExist, backing off from 2 s to 10 s."""
         waited, delay = 0.0, 2.0
@@ -285,7 +328,9 @@ def parse_task_result(body: str) -> TaskResult:
         }
         error = data.get("error") or {}
     except (ValueError, KeyError, TypeError) as exc:
-        raise TransientApiError(f"malformed task response ({type(exc).__name__})") from None
+        raise TransientApiError(
+            f"malformed task response ({type(exc).__name__})"
+        ) from None
     return TaskResult(
         guid=str(data.get("id") or ""),
         status=status,
@@ -301,8 +346,12 @@ def _open_image(path: Path) -> int:
         return os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         if not os.path.lexists(path):
-            raise FileChangedError("the file disappeared before it could be read") from None
-        raise RejectedError("cannot read the file: it is a dangling symbolic link") from None
+            raise FileChangedError(
+                "the file disappeared before it could be read"
+            ) from None
+        raise RejectedError(
+            "cannot read the file: it is a dangling symbolic link"
+        ) from None
     except IsADirectoryError:
         raise RejectedError("not a file: it is a directory") from None
     except OSError as exc:
@@ -313,7 +362,9 @@ def _check_image(fd: int, st: os.stat_result, path: Path) -> str:
     if stat.S_ISDIR(st.st_mode):
         raise RejectedError("not a file: it is a directory")
     if not stat.S_ISREG(st.st_mode):
-        raise RejectedError("cannot read the file: it is not a regular file (a FIFO, socket or device)")
+        raise RejectedError(
+            "cannot read the file: it is not a regular file (a FIFO, socket or device)"
+        )
     if st.st_size == 0:
         raise RejectedError("the file is empty")
     try:

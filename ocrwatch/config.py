@@ -46,7 +46,15 @@ log = structlog.get_logger()
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/ocrwatch/config.yaml")
 DEFAULT_BASE_URL: Final = "https://api.aspose.cloud"
-DEFAULT_INCLUDE: Final = ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.bmp", "*.gif")
+DEFAULT_INCLUDE: Final = (
+    "*.png",
+    "*.jpg",
+    "*.jpeg",
+    "*.tif",
+    "*.tiff",
+    "*.bmp",
+    "*.gif",
+)
 DEFAULT_EXCLUDE: Final = (".*", "*.tmp", "*.part", "~$*")
 SECRET_ENV: Final = "OCRWATCH_CLIENT_SECRET"
 CLIENT_ID_ENV: Final = "OCRWATCH_CLIENT_ID"
@@ -76,7 +84,9 @@ def _check_url(value: str | None) -> str | None:
         return None
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"`{value}` is not an http(s) URL; use e.g. {DEFAULT_BASE_URL}")
+        raise ValueError(
+            f"`{value}` is not an http(s) URL; use e.g. {DEFAULT_BASE_URL}"
+        )
     if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise ValueError(
             f"plain http to `{parts.hostname}` would send the token in clear; use https"
@@ -129,7 +139,9 @@ class SettingsSpec(Model):
     make_skew_correct: StrictBool | None = Field(None, alias="makeSkewCorrect")
     make_binarization: StrictBool | None = Field(None, alias="makeBinarization")
     make_spell_check: StrictBool | None = Field(None, alias="makeSpellCheck")
-    make_contrast_correction: StrictBool | None = Field(None, alias="makeContrastCorrection")
+    make_contrast_correction: StrictBool | None = Field(
+        None, alias="makeContrastCorrection"
+    )
     make_upsampling: StrictBool | None = Field(None, alias="makeUpsampling")
     dsr_mode: str | None = Field(None, alias="dsrMode")
     dsr_confidence: str | None = Field(None, alias="dsrConfidence")
@@ -185,7 +197,9 @@ class Config(Model):
     rescan_interval: PositiveFloat = 300.0
     shutdown_timeout: NonNegativeFloat = 30.0
     folders: Annotated[tuple[FolderConfig, ...], Field(min_length=1)]
-    profiles: dict[str, ProfileSpec] = Field(default_factory=lambda: {"default": ProfileSpec()})
+    profiles: dict[str, ProfileSpec] = Field(
+        default_factory=lambda: {"default": ProfileSpec()}
+    )
 
     @property
     def journal_path(self) -> Path:
@@ -212,7 +226,9 @@ def format_loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def _model_at(root: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+def _model_at(
+    root: type[BaseModel], loc: tuple[int | str, ...]
+) -> type[BaseModel] | None:
     """The model class that owns the key at the end of `loc`, to list its valid keys."""
     model: type[BaseModel] | None = root
     for part in loc[:-1]:
@@ -270,20 +286,26 @@ def load_yaml(path: Path) -> object:
             f"{path}: config file not found; pass -c PATH or set OCRWATCH_CONFIG"
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read ({exc}); check the path and its permissions") from None
+        raise ConfigError(
+            f"{path}: cannot read ({exc}); check the path and its permissions"
+        ) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: YAML syntax error{at}: {problem}; fix the file") from None
+        raise ConfigError(
+            f"{path}: YAML syntax error{at}: {problem}; fix the file"
+        ) from None
 
 
 def parse_config(data: object, source: str) -> Config:
     """Validate parsed YAML into a Config, or raise one ConfigError."""
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{source}: the config must be a YAML mapping with a `folders` key")
+        raise ConfigError(
+            f"{source}: the config must be a YAML mapping with a `folders` key"
+        )
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
@@ -300,14 +322,18 @@ def _check_profile_references(config: Config, source: str) -> None:
     names = list(config.profiles)
     for i, folder in enumerate(config.folders):
         if folder.profile not in config.profiles:
-            raise ConfigError(_unknown_profile(source, f"folders[{i}].profile", folder.profile, names))
+            raise ConfigError(
+                _unknown_profile(source, f"folders[{i}].profile", folder.profile, names)
+            )
     for name, spec in config.profiles.items():
         seen = [name]
         current = spec
         while current.extends is not None:
             if current.extends not in config.profiles:
                 raise ConfigError(
-                    _unknown_profile(source, f"profiles.{seen[-1]}.extends", current.extends, names)
+                    _unknown_profile(
+                        source, f"profiles.{seen[-1]}.extends", current.extends, names
+                    )
                 )
             if current.extends in seen:
                 chain = " -> ".join([*seen, current.extends])
@@ -320,7 +346,11 @@ def _check_profile_references(config: Config, source: str) -> None:
 
 def _unknown_profile(source: str, key: str, name: str, names: list[str]) -> str:
     hint = nearest(name, names)
-    tip = f"did you mean `{hint}`?" if hint else f"define it under `profiles` (known: {', '.join(names)})"
+    tip = (
+        f"did you mean `{hint}`?"
+        if hint
+        else f"define it under `profiles` (known: {', '.join(names)})"
+    )
     return f"{source}: {key}: unknown profile `{name}`; {tip}"
 
 
@@ -348,7 +378,9 @@ def load_config(path: Path) -> Config:
     return parse_config(load_yaml(path), source=str(path))
 
 
-def resolve_credentials(config: Config, env: Mapping[str, str], source: str) -> Credentials | None:
+def resolve_credentials(
+    config: Config, env: Mapping[str, str], source: str
+) -> Credentials | None:
     """Find the client id and secret; None in trial mode.
 
     Order: env OCRWATCH_CLIENT_SECRET, api.client_secret_file, the systemd credential
@@ -361,7 +393,10 @@ def resolve_credentials(config: Config, env: Mapping[str, str], source: str) -> 
     if not client_id or secret is None:
         missing = " and ".join(
             what
-            for what, absent in (("api.client_id", not client_id), ("a client secret", secret is None))
+            for what, absent in (
+                ("api.client_id", not client_id),
+                ("a client secret", secret is None),
+            )
             if absent
         )
         raise ConfigError(
@@ -372,11 +407,15 @@ def resolve_credentials(config: Config, env: Mapping[str, str], source: str) -> 
     return Credentials(client_id=client_id, client_secret=secret)
 
 
-def _find_secret(config: Config, env: Mapping[str, str], source: str) -> SecretStr | None:
+def _find_secret(
+    config: Config, env: Mapping[str, str], source: str
+) -> SecretStr | None:
     if env.get(SECRET_ENV):
         return SecretStr(env[SECRET_ENV])
     if config.api.client_secret_file is not None:
-        return _read_secret_file(config.api.client_secret_file, f"{source}: api.client_secret_file")
+        return _read_secret_file(
+            config.api.client_secret_file, f"{source}: api.client_secret_file"
+        )
     if env.get("CREDENTIALS_DIRECTORY"):
         candidate = Path(env["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME
         if candidate.exists():
@@ -395,7 +434,12 @@ def _read_secret_file(path: Path, what: str) -> SecretStr:
     if not text:
         raise ConfigError(f"{what}: {path} is empty; put the client secret in it")
     if mode & (stat.S_IRGRP | stat.S_IROTH):
-        log.warning("secret.file_permissive", path=str(path), mode=oct(stat.S_IMODE(mode)), fix="chmod 600")
+        log.warning(
+            "secret.file_permissive",
+            path=str(path),
+            mode=oct(stat.S_IMODE(mode)),
+            fix="chmod 600",
+        )
     return SecretStr(text)
 
 

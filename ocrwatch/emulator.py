@@ -8,8 +8,8 @@ so a misreading of the spec cannot cancel out on both sides.
 from __future__ import annotations
 
 import base64
-import contextlib
 import binascii
+import contextlib
 import email.parser
 import email.policy
 import hashlib
@@ -45,7 +45,15 @@ SETTING_TYPES: Final[dict[str, tuple[str, object]]] = {
     "dsrconfidence": ("dsrConfidence", DSR_CONFIDENCES),
     "resulttype": ("resultType", RESULT_TYPES),
 }
-MAGIC: Final = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM", b"GIF87a", b"GIF89a")
+MAGIC: Final = (
+    b"\x89PNG\r\n\x1a\n",
+    b"\xff\xd8\xff",
+    b"II*\x00",
+    b"MM\x00*",
+    b"BM",
+    b"GIF87a",
+    b"GIF89a",
+)
 
 
 @dataclass
@@ -151,7 +159,12 @@ class Emulator:
         return f"http://{host!s}:{port}"
 
     def start(self) -> Emulator:
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="emulator", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            args=(0.05,),
+            name="emulator",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -170,10 +183,14 @@ class Emulator:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def fail_next(self, status: int, times: int = 1, retry_after: str | None = None) -> None:
+    def fail_next(
+        self, status: int, times: int = 1, retry_after: str | None = None
+    ) -> None:
         """The next `times` RecognizeImage calls answer `status` (after reading the body)."""
         with self.state.lock:
-            self.state.scripted.extend(Scripted("status", status, retry_after) for _ in range(times))
+            self.state.scripted.extend(
+                Scripted("status", status, retry_after) for _ in range(times)
+            )
 
     def drop_next(self, times: int = 1, *, after_accept: bool = False) -> None:
         """Close the next connections without an answer; `after_accept` creates the task first."""
@@ -216,7 +233,12 @@ class _Server(ThreadingHTTPServer):
     state: EmulatorState
 
 
-def _problem(status: int, title: str, detail: str = "", errors: dict[str, list[str]] | None = None) -> dict[str, Any]:
+def _problem(
+    status: int,
+    title: str,
+    detail: str = "",
+    errors: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "type": f"https://tools.ietf.org/html/rfc9110#section-15.{5 if status < 500 else 6}",
         "title": title,
@@ -232,7 +254,9 @@ def _problem(status: int, title: str, detail: str = "", errors: dict[str, list[s
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # without it every response stalls ~40 ms on delayed ACK
+    disable_nagle_algorithm = (
+        True  # without it every response stalls ~40 ms on delayed ACK
+    )
     server: _Server
     server_version = "Kestrel"
     sys_version = ""
@@ -273,7 +297,11 @@ class _Handler(BaseHTTPRequestHandler):
         elif route == "/v5.0/ocr/utilities/gettaskstatus" and method == "GET":
             self._task(method, query, False, with_results=False)
         else:
-            self._json(404, _problem(404, "Not Found"), record={"method": method, "path": parts.path})
+            self._json(
+                404,
+                _problem(404, "Not Found"),
+                record={"method": method, "path": parts.path},
+            )
 
     def _read_body(self) -> bytes | None:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -292,7 +320,13 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return self.rfile.read(length) if length else b""
 
-    def _send(self, status: int, body: bytes, content_type: str | None, extra: dict[str, str] | None = None) -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str | None,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(status)
         if content_type:
             self.send_header("Content-Type", content_type)
@@ -302,8 +336,19 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _json(self, status: int, data: Any, *, record: dict[str, Any] | None = None, extra: dict[str, str] | None = None) -> None:
-        content_type = "application/problem+json; charset=utf-8" if status >= 400 else "application/json; charset=utf-8"
+    def _json(
+        self,
+        status: int,
+        data: Any,
+        *,
+        record: dict[str, Any] | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        content_type = (
+            "application/problem+json; charset=utf-8"
+            if status >= 400
+            else "application/json; charset=utf-8"
+        )
         if record is not None:
             self.st.record({**record, "status": status})
         self._send(status, json.dumps(data).encode(), content_type, extra)
@@ -315,7 +360,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _token(self, body: bytes) -> None:
         form = self._form(body)
-        client_id, client_secret = form.get("client_id", ""), form.get("client_secret", "")
+        client_id, client_secret = (
+            form.get("client_id", ""),
+            form.get("client_secret", ""),
+        )
         basic = self.headers.get("Authorization", "")
         if basic.lower().startswith("basic "):
             try:
@@ -349,7 +397,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.st.tokens[token] = now + self.st.token_ttl_s
         self._json(
             200,
-            {"access_token": token, "expires_in": int(self.st.token_ttl_s) or 1, "token_type": "Bearer"},
+            {
+                "access_token": token,
+                "expires_in": int(self.st.token_ttl_s) or 1,
+                "token_type": "Bearer",
+            },
             record=record,
         )
 
@@ -390,17 +442,29 @@ class _Handler(BaseHTTPRequestHandler):
             if self.st.scripted:
                 return self.st.scripted.popleft()
             f, roll = self.st.faults, self.st.rng.random()
-        for kind, rate in (("503", f.rate_503), ("429", f.rate_429), ("drop", f.rate_drop), ("accept_drop", f.rate_accept_drop)):
+        for kind, rate in (
+            ("503", f.rate_503),
+            ("429", f.rate_429),
+            ("drop", f.rate_drop),
+            ("accept_drop", f.rate_accept_drop),
+        ):
             if roll < rate:
                 if kind in ("503", "429"):
-                    return Scripted("status", int(kind), f.retry_after if kind == "429" else None)
+                    return Scripted(
+                        "status", int(kind), f.retry_after if kind == "429" else None
+                    )
                 return Scripted(kind)
             roll -= rate
         return None
 
     def _recognize(self, body: bytes, trial: bool) -> None:
         path = "/v5.0/ocr/RecognizeImage" + ("Trial" if trial else "")
-        record: dict[str, Any] = {"method": "POST", "path": path, "bytes": len(body), "auth": "bearer" if "Authorization" in self.headers else "none"}
+        record: dict[str, Any] = {
+            "method": "POST",
+            "path": path,
+            "bytes": len(body),
+            "auth": "bearer" if "Authorization" in self.headers else "none",
+        }
         if not trial and not self._authorized():
             self._unauthorized(record)
             return
@@ -408,7 +472,12 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "status":
             record["fault"] = fault.status
             extra = {"Retry-After": fault.retry_after} if fault.retry_after else None
-            self._json(fault.status, _problem(fault.status, "Injected fault"), record=record, extra=extra)
+            self._json(
+                fault.status,
+                _problem(fault.status, "Injected fault"),
+                record=record,
+                extra=extra,
+            )
             return
         if fault is not None and fault.kind == "drop":
             self.st.record({**record, "status": None, "fault": "drop"})
@@ -424,11 +493,17 @@ class _Handler(BaseHTTPRequestHandler):
         sha = hashlib.sha256(image).hexdigest()
         record.update(image_sha256=sha, image_bytes=len(image), settings=settings)
         if not valid and self.st.bad_image == "reject":
-            self._json(400, _problem(400, "Bad Request", "Unsupported image format"), record=record)
+            self._json(
+                400,
+                _problem(400, "Bad Request", "Unsupported image format"),
+                record=record,
+            )
             return
         guid = str(uuid.uuid4())
         with self.st.lock:
-            self.st.tasks[guid] = Task(guid, time.monotonic(), settings, sha, len(image), valid, trial)
+            self.st.tasks[guid] = Task(
+                guid, time.monotonic(), settings, sha, len(image), valid, trial
+            )
         record["guid"] = guid
         if fault is not None and fault.kind == "accept_drop":
             self.st.record({**record, "status": None, "fault": "accept_drop"})
@@ -437,46 +512,80 @@ class _Handler(BaseHTTPRequestHandler):
         self.st.record({**record, "status": 200})
         self._send(200, guid.encode(), "text/plain; charset=utf-8")
 
-    def _task(self, method: str, query: dict[str, list[str]], trial: bool, *, with_results: bool) -> None:
+    def _task(
+        self,
+        method: str,
+        query: dict[str, list[str]],
+        trial: bool,
+        *,
+        with_results: bool,
+    ) -> None:
         guid = (query.get("id") or [""])[0]
         record = {"method": method, "path": self.path.split("?")[0], "id": guid}
         if not trial and not self._authorized():
             self._unauthorized(record)
             return
         if not guid:
-            self._json(400, _problem(400, "One or more validation errors occurred.", errors={"id": ["The id field is required."]}), record=record)
+            self._json(
+                400,
+                _problem(
+                    400,
+                    "One or more validation errors occurred.",
+                    errors={"id": ["The id field is required."]},
+                ),
+                record=record,
+            )
             return
         with self.st.lock:
             task = self.st.tasks.get(guid.lower())
-            if task is not None and (time.monotonic() - task.created > TASK_TTL_S or method == "DELETE"):
+            if task is not None and (
+                method == "DELETE" or time.monotonic() - task.created > TASK_TTL_S
+            ):
                 del self.st.tasks[guid.lower()]
-                if method == "DELETE":
-                    self.st.record({**record, "status": 200})
-                    self._send(200, b"", None)
-                    return
                 task = None
         if method == "DELETE":
             self.st.record({**record, "status": 200})
             self._send(200, b"", None)
             return
-        self._json(200, _task_response(guid, task, self.st, with_results), record=record)
+        self._json(
+            200, _task_response(guid, task, self.st, with_results), record=record
+        )
 
 
-def _task_response(guid: str, task: Task | None, st: EmulatorState, with_results: bool) -> dict[str, Any]:
+def _task_response(
+    guid: str, task: Task | None, st: EmulatorState, with_results: bool
+) -> dict[str, Any]:
     if task is None:
-        return {"id": guid, "taskStatus": "NotExist", "responseStatusCode": "TaskNotFound", "results": None, "error": None}
+        return {
+            "id": guid,
+            "taskStatus": "NotExist",
+            "responseStatusCode": "TaskNotFound",
+            "results": None,
+            "error": None,
+        }
     age = time.monotonic() - task.created
     if age < st.pending_s:
         status, code = "Pending", "NotReady"
     elif age < st.pending_s + st.processing_s:
         status, code = "Processing", "NotReady"
     elif not task.valid_image:
-        return {"id": guid, "taskStatus": "Error", "responseStatusCode": "Error", "results": None,
-                "error": {"messages": ["The image could not be decoded."], "warnings": []}}
+        return {
+            "id": guid,
+            "taskStatus": "Error",
+            "responseStatusCode": "Error",
+            "results": None,
+            "error": {"messages": ["The image could not be decoded."], "warnings": []},
+        }
     else:
         status, code = "Completed", "Ok"
     results = _results(task) if status == "Completed" and with_results else None
-    return {"id": guid, "taskStatus": status, "responseStatusCode": code, "results": results, "error": None}
+    return {
+        "id": guid,
+        "taskStatus": status,
+        "responseStatusCode": code,
+        "results": results,
+        "error": None,
+    }
 
 
 def _results(task: Task) -> list[dict[str, str]]:
@@ -510,12 +619,18 @@ def _parse_recognize_body(body: bytes) -> tuple[bytes, dict[str, Any]] | Invalid
     """(image, settings as received) or a 400 ValidationProblemDetails, as ASP.NET would answer."""
 
     def invalid(key: str, message: str) -> Invalid:
-        return Invalid(_problem(400, "One or more validation errors occurred.", errors={key: [message]}))
+        return Invalid(
+            _problem(
+                400, "One or more validation errors occurred.", errors={key: [message]}
+            )
+        )
 
     try:
         data = json.loads(body)
     except ValueError:
-        return invalid("$", "The JSON value could not be converted to OCRRecognizeImageBody.")
+        return invalid(
+            "$", "The JSON value could not be converted to OCRRecognizeImageBody."
+        )
     if not isinstance(data, dict):
         return invalid("$", "The request body must be a JSON object.")
     lowered = {k.lower(): v for k, v in data.items()}
@@ -540,7 +655,10 @@ def _parse_recognize_body(body: bytes) -> tuple[bytes, dict[str, Any]] | Invalid
         if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
             return invalid(f"settings.{canonical}", "The value must be an integer.")
         if isinstance(kind, tuple) and value not in kind:
-            return invalid(f"settings.{canonical}", f"The value '{value}' is not valid for {canonical}.")
+            return invalid(
+                f"settings.{canonical}",
+                f"The value '{value}' is not valid for {canonical}.",
+            )
     return image, settings
 
 
@@ -549,5 +667,13 @@ def _make_jwt(ttl_s: float) -> str:
         return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
     header = b64(json.dumps({"alg": "RS256", "typ": "JWT"}).encode())
-    payload = b64(json.dumps({"exp": int(time.time() + ttl_s), "jti": secrets.token_hex(8), "iss": "ocrwatch-emulator"}).encode())
+    payload = b64(
+        json.dumps(
+            {
+                "exp": int(time.time() + ttl_s),
+                "jti": secrets.token_hex(8),
+                "iss": "ocrwatch-emulator",
+            }
+        ).encode()
+    )
     return f"{header}.{payload}.{b64(secrets.token_bytes(32))}"

@@ -43,6 +43,7 @@ MIGRATIONS: Final = (
     """,
 )
 LOOKUP_BATCH: Final = 500
+ENTRY_COLUMNS: Final = "path, size, mtime_ns, state, guid, attempts, next_attempt_at, last_error, held, updated_at"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,17 +77,26 @@ class Journal:
         self._lock = threading.Lock()
         try:
             if readonly:
-                self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
+                self._db = sqlite3.connect(
+                    f"file:{path}?mode=ro",
+                    uri=True,
+                    check_same_thread=False,
+                    isolation_level=None,
+                )
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+                self._db = sqlite3.connect(
+                    path, check_same_thread=False, isolation_level=None
+                )
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
             if not readonly:
                 self._migrate()
         except (sqlite3.Error, OSError) as exc:
-            raise JournalError(f"{path}: cannot open the journal ({exc}); check state_dir and its permissions") from None
+            raise JournalError(
+                f"{path}: cannot open the journal ({exc}); check state_dir and its permissions"
+            ) from None
 
     def close(self) -> None:
         with self._lock:
@@ -99,7 +109,9 @@ class Journal:
                 f"{self.path}: journal schema {version} is newer than this ocrwatch understands; upgrade ocrwatch"
             )
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            self._db.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version={number}; COMMIT;")
+            self._db.executescript(
+                f"BEGIN IMMEDIATE; {script}; PRAGMA user_version={number}; COMMIT;"
+            )
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -111,19 +123,27 @@ class Journal:
             except sqlite3.Error as exc:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
-                raise JournalError(f"{self.path}: journal write failed ({exc}); check the disk under state_dir") from None
+                raise JournalError(
+                    f"{self.path}: journal write failed ({exc}); check the disk under state_dir"
+                ) from None
 
     def _query(self, sql: str, params: Iterable[object] = ()) -> list[sqlite3.Row]:
         with self._lock:
             try:
                 return list(self._db.execute(sql, tuple(params)))
             except sqlite3.Error as exc:
-                raise JournalError(f"{self.path}: journal read failed ({exc})") from None
+                raise JournalError(
+                    f"{self.path}: journal read failed ({exc})"
+                ) from None
 
-    def note(self, path: Path, root: Path, size: int, mtime_ns: int, now: float) -> bool:
+    def note(
+        self, path: Path, root: Path, size: int, mtime_ns: int, now: float
+    ) -> bool:
         """Queue a settled file unless it is already queued, in flight, or done with this content."""
         with self._tx() as db:
-            row = db.execute("SELECT state, size, mtime_ns FROM files WHERE path=?", (str(path),)).fetchone()
+            row = db.execute(
+                "SELECT state, size, mtime_ns FROM files WHERE path=?", (str(path),)
+            ).fetchone()
             if row is None:
                 db.execute(
                     "INSERT INTO files(path, root, size, mtime_ns, state, created_at, updated_at) "
@@ -140,7 +160,10 @@ class Journal:
                 )
                 return True
             if state not in DONE_STATES and state != "submitting":
-                db.execute("UPDATE files SET size=?, mtime_ns=? WHERE path=?", (size, mtime_ns, str(path)))
+                db.execute(
+                    "UPDATE files SET size=?, mtime_ns=? WHERE path=?",
+                    (size, mtime_ns, str(path)),
+                )
             return False
 
     def lookup(self, paths: Iterable[Path]) -> dict[Path, tuple[int, int, str]]:
@@ -156,10 +179,13 @@ class Journal:
             self._lookup_batch(batch, found)
         return found
 
-    def _lookup_batch(self, batch: list[str], found: dict[Path, tuple[int, int, str]]) -> None:
+    def _lookup_batch(
+        self, batch: list[str], found: dict[Path, tuple[int, int, str]]
+    ) -> None:
         marks = ",".join("?" * len(batch))
         for path, size, mtime_ns, state in self._query(
-            f"SELECT path, size, mtime_ns, state FROM files WHERE path IN ({marks})", batch  # noqa: S608 -- only placeholders
+            f"SELECT path, size, mtime_ns, state FROM files WHERE path IN ({marks})",
+            batch,
         ):
             found[Path(path)] = (size, mtime_ns, state)
 
@@ -177,27 +203,68 @@ class Journal:
             return None
         return Job(Path(row[0]), Path(row[1]), row[2], row[3], row[4])
 
-    def _set(self, path: Path, now: float, sql: str, params: tuple[object, ...]) -> None:
+    def _set(
+        self, path: Path, now: float, sql: str, params: tuple[object, ...]
+    ) -> None:
         with self._tx() as db:
-            db.execute(f"UPDATE files SET {sql}, updated_at=? WHERE path=?", (*params, now, str(path)))  # noqa: S608 -- fixed fragments
+            db.execute(
+                f"UPDATE files SET {sql}, updated_at=? WHERE path=?",
+                (*params, now, str(path)),
+            )
 
-    def mark_submitted(self, path: Path, *, guid: str, sha256: str, size: int, mtime_ns: int, now: float) -> None:
+    def mark_submitted(
+        self,
+        path: Path,
+        *,
+        guid: str,
+        sha256: str,
+        size: int,
+        mtime_ns: int,
+        now: float,
+    ) -> None:
         self._set(
-            path, now,
+            path,
+            now,
             "state='submitted', guid=?, sha256=?, size=?, mtime_ns=?, attempts=attempts+1, last_error=NULL, held=0",
             (guid, sha256, size, mtime_ns),
         )
 
-    def mark_rejected(self, path: Path, *, reason: str, size: int, mtime_ns: int, now: float) -> None:
-        self._set(path, now, "state='rejected', last_error=?, size=?, mtime_ns=?, attempts=attempts+1, held=0", (reason, size, mtime_ns))
+    def mark_rejected(
+        self, path: Path, *, reason: str, size: int, mtime_ns: int, now: float
+    ) -> None:
+        self._set(
+            path,
+            now,
+            "state='rejected', last_error=?, size=?, mtime_ns=?, attempts=attempts+1, held=0",
+            (reason, size, mtime_ns),
+        )
 
-    def mark_failed(self, path: Path, *, error: str, next_attempt_at: float, now: float) -> None:
+    def mark_failed(
+        self, path: Path, *, error: str, next_attempt_at: float, now: float
+    ) -> None:
         """A transient failure outlasted the client's retries: offer the file again later."""
-        self._set(path, now, "state='failed', last_error=?, next_attempt_at=?, attempts=attempts+1", (error, next_attempt_at))
+        self._set(
+            path,
+            now,
+            "state='failed', last_error=?, next_attempt_at=?, attempts=attempts+1",
+            (error, next_attempt_at),
+        )
 
-    def release(self, path: Path, *, now: float, not_before: float = 0.0, reason: str | None = None) -> None:
+    def release(
+        self,
+        path: Path,
+        *,
+        now: float,
+        not_before: float = 0.0,
+        reason: str | None = None,
+    ) -> None:
         """Put a claimed file back in the queue without counting an attempt (shutdown, auth pause)."""
-        self._set(path, now, "state='queued', next_attempt_at=?, last_error=COALESCE(?, last_error)", (not_before, reason))
+        self._set(
+            path,
+            now,
+            "state='queued', next_attempt_at=?, last_error=COALESCE(?, last_error)",
+            (not_before, reason),
+        )
 
     def hold(self, path: Path, *, reason: str, now: float) -> None:
         """Keep a file queued but unclaimable until `release_held` (its override file is invalid)."""
@@ -220,7 +287,8 @@ class Journal:
         """After a crash: everything that was in flight goes back to the queue."""
         with self._tx() as db:
             return db.execute(
-                "UPDATE files SET state='queued', updated_at=? WHERE state='submitting'", (now,)
+                "UPDATE files SET state='queued', updated_at=? WHERE state='submitting'",
+                (now,),
             ).rowcount
 
     def counts(self) -> dict[str, int]:
@@ -239,20 +307,21 @@ class Journal:
         value = rows[0][0]
         return math.inf if value is None else float(value)
 
-    def entries(self, *, states: Iterable[str] = STATES, limit: int = 1000) -> list[Entry]:
+    def entries(
+        self, *, states: Iterable[str] = STATES, limit: int = 1000
+    ) -> list[Entry]:
         wanted = tuple(states)
         marks = ",".join("?" * len(wanted))
         rows = self._query(
-            "SELECT path, size, mtime_ns, state, guid, attempts, next_attempt_at, last_error, held, updated_at "
-            f"FROM files WHERE state IN ({marks}) ORDER BY updated_at DESC LIMIT ?",
+            f"SELECT {ENTRY_COLUMNS} FROM files WHERE state IN ({marks}) "
+            "ORDER BY updated_at DESC LIMIT ?",
             (*wanted, limit),
         )
         return [_entry(r) for r in rows]
 
     def entry(self, path: Path) -> Entry | None:
         rows = self._query(
-            "SELECT path, size, mtime_ns, state, guid, attempts, next_attempt_at, last_error, held, updated_at "
-            "FROM files WHERE path=?",
+            f"SELECT {ENTRY_COLUMNS} FROM files WHERE path=?",
             (str(path),),
         )
         return _entry(rows[0]) if rows else None
@@ -263,5 +332,7 @@ def _entry(r: sqlite3.Row) -> Entry:
 
 
 def _like_prefix(directory: Path) -> str:
-    escaped = str(directory).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    escaped = (
+        str(directory).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    )
     return escaped.rstrip("/") + "/%"

@@ -48,14 +48,18 @@ def _redact_value(value: Any) -> Any:
     return value
 
 
-def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def redact(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """structlog processor: the last step before rendering, so nothing reaches output unmasked."""
     for key, value in list(event_dict.items()):
         event_dict[key] = _redact_value(value)
     return event_dict
 
 
-def configure_logging(*, json: bool | None = None, level: str = "info", stream: TextIO | None = None) -> None:
+def configure_logging(
+    *, json: bool | None = None, level: str = "info", stream: TextIO | None = None
+) -> None:
     """JSON lines when the stream is not a terminal (journald), readable console output when it is."""
     out = stream or sys.stderr
     if json is None:

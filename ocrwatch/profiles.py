@@ -53,13 +53,19 @@ def resolve_profile(name: str, table: Mapping[str, ProfileSpec]) -> Settings:
     return settings
 
 
-def resolve(profile: str, table: Mapping[str, ProfileSpec], overrides: Sequence[Override]) -> Resolved:
+def resolve(
+    profile: str, table: Mapping[str, ProfileSpec], overrides: Sequence[Override]
+) -> Resolved:
     """Apply override files (ordered from the watched root down) over the folder's profile."""
     for override in overrides:
         if override.spec.profile is not None:
             if override.spec.profile not in table:
                 hint = nearest(override.spec.profile, table)
-                tip = f"did you mean `{hint}`?" if hint else "define it under `profiles` in the config"
+                tip = (
+                    f"did you mean `{hint}`?"
+                    if hint
+                    else "define it under `profiles` in the config"
+                )
                 raise ConfigError(
                     f"{override.path}: profile: unknown profile `{override.spec.profile}`; {tip}"
                 )
@@ -74,7 +80,9 @@ def parse_override(data: object, path: Path) -> OverrideSpec:
     if data is None:
         return OverrideSpec()
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: must be a YAML mapping of `profile` and setting keys")
+        raise ConfigError(
+            f"{path}: must be a YAML mapping of `profile` and setting keys"
+        )
     try:
         return OverrideSpec.model_validate(data)
     except ValidationError as exc:

@@ -27,13 +27,19 @@ JOURNAL_BACKOFF_CAP_S: Final = 3600.0
 
 
 def next_attempt_at(
-    attempts: int, now: float, retry_after_s: float | None = None, *, jitter: float = 0.1
+    attempts: int,
+    now: float,
+    retry_after_s: float | None = None,
+    *,
+    jitter: float = 0.1,
 ) -> float:
     """When the journal should offer a file again after `attempts` failed rounds.
 
     Doubles from 30 s up to one hour, never sooner than the server's Retry-After.
     """
-    base = min(JOURNAL_BACKOFF_CAP_S, JOURNAL_BACKOFF_BASE_S * 2.0 ** max(0, attempts - 1))
+    base = min(
+        JOURNAL_BACKOFF_CAP_S, JOURNAL_BACKOFF_BASE_S * 2.0 ** max(0, attempts - 1)
+    )
     delay = base * (1 - jitter * random.random())
     if retry_after_s is not None:
         delay = max(delay, retry_after_s)
@@ -73,14 +79,19 @@ class RetryPolicy:
     sleep: Callable[[float], None] = field(default=time.sleep)
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
-        jittered = tenacity.wait_random_exponential(multiplier=0.5, max=self.max_delay_s)(state)
+        jittered = tenacity.wait_random_exponential(
+            multiplier=0.5, max=self.max_delay_s
+        )(state)
         retry_after = _retry_after(state)
         return jittered if retry_after is None else max(jittered, retry_after)
 
     def _stop(self, state: tenacity.RetryCallState) -> bool:
         if state.attempt_number >= self.max_attempts:
             return True
-        if state.seconds_since_start is not None and state.seconds_since_start >= self.give_up_after_s:
+        if (
+            state.seconds_since_start is not None
+            and state.seconds_since_start >= self.give_up_after_s
+        ):
             return True
         # A Retry-After beyond our cap on one wait: hand the file back to the journal, which
         # honours it, rather than holding a worker hostage.

@@ -42,7 +42,9 @@ def is_ignored_dir(name: str, exclude: Sequence[str]) -> bool:
     return _matches(name, IGNORED_DIRS) or _matches(name, exclude)
 
 
-def is_candidate(relpath: PurePath, include: Sequence[str], exclude: Sequence[str]) -> bool:
+def is_candidate(
+    relpath: PurePath, include: Sequence[str], exclude: Sequence[str]
+) -> bool:
     """Should the file at `relpath` (relative to its watched root) be submitted, by name alone?"""
     if not relpath.parts or relpath.is_absolute() or ".." in relpath.parts:
         return False
@@ -50,7 +52,11 @@ def is_candidate(relpath: PurePath, include: Sequence[str], exclude: Sequence[st
     if any(is_ignored_dir(d, exclude) for d in dirs):
         return False
     rel = relpath.as_posix()
-    if _matches(name, IGNORED_NAMES) or _matches(name, exclude) or _matches(rel, exclude):
+    if (
+        _matches(name, IGNORED_NAMES)
+        or _matches(name, exclude)
+        or _matches(rel, exclude)
+    ):
         return False
     return _matches(name, include) or _matches(rel, include)
 
@@ -113,10 +119,18 @@ def walk_candidates(
                 continue
             if not is_candidate(path.relative_to(root), include, exclude):
                 continue
-            st = regular_file_stat(path, roots) if entry.is_symlink() else _entry_stat(entry)
+            st = (
+                regular_file_stat(path, roots)
+                if entry.is_symlink()
+                else _entry_stat(entry)
+            )
             if st is None:
                 continue
-            found.append(Found(path, st.st_size, st.st_mtime_ns, _sidecar_mtime(names, entry.name)))
+            found.append(
+                Found(
+                    path, st.st_size, st.st_mtime_ns, _sidecar_mtime(names, entry.name)
+                )
+            )
         if found:
             yield found
 

@@ -12,7 +12,162 @@ from dataclasses import dataclass, fields, replace
 from typing import Final
 
 LANGUAGES: Final = tuple(
-    ["English", "German", "French", "Italian", "Spanish", "Portuguese", "Polish", "Slovene", "Slovak", "Netherlands", "Lithuanian", "Latvian", "Danish", "Norwegian", "Finnish", "Serbian", "Croatian", "Czech", "Swedish", "Estonian", "Romanian", "Chinese", "Russian", "Arabic", "Hindi", "Ukrainan", "Bengali", "Tibetan", "Thai", "Urdu", "Turkish", "Korean", "Indonesian", "Hebrew", "Javanese", "Greek", "Japanese", "Persian", "Albanian", "Latin", "Vietnamese", "Uzbek", "Georgian", "Bulgarian", "Azerbaijani", "Kazah", "Macedonian", "Belorussian", "Malay", "Hausa", "Sundanese", "Swahili", "Tagalog", "Yoruba", "Oromo", "Cebuano", "Dutch", "Kurdish", "Serbo_Croatian", "Malagasy", "Zhuang", "Turkmen", "Somali", "Hungarian", "Chichewa", "Rwanda", "Min_Bei", "Zulu", "Ilocano", "Min_Dong", "Quechua", "Hiligaynon", "Hmong", "Shona", "Xhosa", "Betawi", "Catalan", "Afrikaans", "Minangkabau", "Sotho_Southern", "Bikol", "Makua", "Kanuri", "Tswana", "Kikongo", "Luo", "Sukuma", "Tsonga", "Bosnian", "Bemba", "Nandi", "Palembang", "Umbundu", "Sotho_Northern", "Waray_Waray", "Lamani", "Low_German", "Gilaki", "Musi", "HWT_ENG", "Pu_Xian", "Kapampangan", "Bouyei", "Galician", "Ndebele", "Yao", "Sasak", "Swati", "Gusii", "Meru", "Wolaytta", "Dong", "Pangasinan", "Dimli", "Makassar", "Tumbuka", "Serer_Sine", "Occitan", "Tonga", "Muong", "Kiche", "Luguru", "Wu", "Cantonese", "Min_Nan", "Xiang", "Hakka", "Gan", "Chechen", "Kabardian", "Marathi", "Bhojpuri", "Maithili", "Awadhi", "Nepali", "Marwari", "Magahi", "Haryanvi", "Chattisgarhi", "Dhundari", "Konkani", "Kanauji", "Mewati", "Rajbanshi", "Garhwali", "Kumauni", "Wagdi", "Malvi", "Mewari", "Uyghur", "Telugu", "Kannada", "Tamil", "Devanagari"]
+    [
+        "English",
+        "German",
+        "French",
+        "Italian",
+        "Spanish",
+        "Portuguese",
+        "Polish",
+        "Slovene",
+        "Slovak",
+        "Netherlands",
+        "Lithuanian",
+        "Latvian",
+        "Danish",
+        "Norwegian",
+        "Finnish",
+        "Serbian",
+        "Croatian",
+        "Czech",
+        "Swedish",
+        "Estonian",
+        "Romanian",
+        "Chinese",
+        "Russian",
+        "Arabic",
+        "Hindi",
+        "Ukrainan",
+        "Bengali",
+        "Tibetan",
+        "Thai",
+        "Urdu",
+        "Turkish",
+        "Korean",
+        "Indonesian",
+        "Hebrew",
+        "Javanese",
+        "Greek",
+        "Japanese",
+        "Persian",
+        "Albanian",
+        "Latin",
+        "Vietnamese",
+        "Uzbek",
+        "Georgian",
+        "Bulgarian",
+        "Azerbaijani",
+        "Kazah",
+        "Macedonian",
+        "Belorussian",
+        "Malay",
+        "Hausa",
+        "Sundanese",
+        "Swahili",
+        "Tagalog",
+        "Yoruba",
+        "Oromo",
+        "Cebuano",
+        "Dutch",
+        "Kurdish",
+        "Serbo_Croatian",
+        "Malagasy",
+        "Zhuang",
+        "Turkmen",
+        "Somali",
+        "Hungarian",
+        "Chichewa",
+        "Rwanda",
+        "Min_Bei",
+        "Zulu",
+        "Ilocano",
+        "Min_Dong",
+        "Quechua",
+        "Hiligaynon",
+        "Hmong",
+        "Shona",
+        "Xhosa",
+        "Betawi",
+        "Catalan",
+        "Afrikaans",
+        "Minangkabau",
+        "Sotho_Southern",
+        "Bikol",
+        "Makua",
+        "Kanuri",
+        "Tswana",
+        "Kikongo",
+        "Luo",
+        "Sukuma",
+        "Tsonga",
+        "Bosnian",
+        "Bemba",
+        "Nandi",
+        "Palembang",
+        "Umbundu",
+        "Sotho_Northern",
+        "Waray_Waray",
+        "Lamani",
+        "Low_German",
+        "Gilaki",
+        "Musi",
+        "HWT_ENG",
+        "Pu_Xian",
+        "Kapampangan",
+        "Bouyei",
+        "Galician",
+        "Ndebele",
+        "Yao",
+        "Sasak",
+        "Swati",
+        "Gusii",
+        "Meru",
+        "Wolaytta",
+        "Dong",
+        "Pangasinan",
+        "Dimli",
+        "Makassar",
+        "Tumbuka",
+        "Serer_Sine",
+        "Occitan",
+        "Tonga",
+        "Muong",
+        "Kiche",
+        "Luguru",
+        "Wu",
+        "Cantonese",
+        "Min_Nan",
+        "Xiang",
+        "Hakka",
+        "Gan",
+        "Chechen",
+        "Kabardian",
+        "Marathi",
+        "Bhojpuri",
+        "Maithili",
+        "Awadhi",
+        "Nepali",
+        "Marwari",
+        "Magahi",
+        "Haryanvi",
+        "Chattisgarhi",
+        "Dhundari",
+        "Konkani",
+        "Kanauji",
+        "Mewati",
+        "Rajbanshi",
+        "Garhwali",
+        "Kumauni",
+        "Wagdi",
+        "Malvi",
+        "Mewari",
+        "Uyghur",
+        "Telugu",
+        "Kannada",
+        "Tamil",
+        "Devanagari",
+    ]
 )
 RESULT_TYPES: Final = (
     "Text",
@@ -76,7 +231,11 @@ def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
     if value in choices:
         return value
     hint = nearest(value, choices)
-    suffix = f"; did you mean `{hint}`?" if hint else f"; valid values: {', '.join(choices[:12])}, ..."
+    suffix = (
+        f"; did you mean `{hint}`?"
+        if hint
+        else f"; valid values: {', '.join(choices[:12])}, ..."
+    )
     raise ValueError(f"unknown {what} `{value}`{suffix}")
 
 
@@ -97,9 +256,17 @@ class Settings:
 
     def merged(self, over: Settings) -> Settings:
         """These settings with every key that `over` sets taking its value from `over`."""
-        changes = {f.name: getattr(over, f.name) for f in fields(over) if getattr(over, f.name) is not None}
+        changes = {
+            f.name: getattr(over, f.name)
+            for f in fields(over)
+            if getattr(over, f.name) is not None
+        }
         return replace(self, **changes)
 
     def to_wire(self) -> dict[str, object]:
         """The `settings` object exactly as the API spells it, with unset keys left out."""
-        return {wire: getattr(self, name) for name, wire in WIRE_NAMES.items() if getattr(self, name) is not None}
+        return {
+            wire: getattr(self, name)
+            for name, wire in WIRE_NAMES.items()
+            if getattr(self, name) is not None
+        }

@@ -55,7 +55,11 @@ def write_sidecar(original: Path, kind: Kind, text: str) -> Path:
     tmp = target.with_name(f"{TMP_PREFIX}{secrets.token_hex(6)}-{target.name}")
     data = (" ".join(text.split()) + "\n").encode("utf-8")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+        fd = os.open(
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+            0o644,
+        )
         try:
             os.write(fd, data)
             os.fsync(fd)

@@ -84,25 +84,55 @@ class Submitter:
         except RejectedError as exc:
             return self._reject(path, profile, str(exc))
         except FileChangedError as exc:
-            outcome = Outcome.CHANGED if path.exists() or path.is_symlink() else Outcome.GONE
+            outcome = (
+                Outcome.CHANGED if path.exists() or path.is_symlink() else Outcome.GONE
+            )
             return Result(outcome, path, profile, error=str(exc))
         except AuthError as exc:
-            return Result(Outcome.AUTH, path, profile, error=str(exc), attempts=exc.attempts, retry_after_s=exc.retry_after_s)
+            return Result(
+                Outcome.AUTH,
+                path,
+                profile,
+                error=str(exc),
+                attempts=exc.attempts,
+                retry_after_s=exc.retry_after_s,
+            )
         except TransientApiError as exc:
-            return Result(Outcome.RETRY, path, profile, error=str(exc), attempts=exc.attempts, retry_after_s=exc.retry_after_s)
+            return Result(
+                Outcome.RETRY,
+                path,
+                profile,
+                error=str(exc),
+                attempts=exc.attempts,
+                retry_after_s=exc.retry_after_s,
+            )
         result = Result(
-            Outcome.SUBMITTED, path, profile, guid=sub.guid, attempts=sub.attempts,
-            size=sub.size, mtime_ns=sub.mtime_ns, sha256=sub.sha256,
+            Outcome.SUBMITTED,
+            path,
+            profile,
+            guid=sub.guid,
+            attempts=sub.attempts,
+            size=sub.size,
+            mtime_ns=sub.mtime_ns,
+            sha256=sub.sha256,
         )
         try:
             write_sidecar(path, Kind.GUID, sub.guid)
         except SidecarError as exc:
             # The task exists and is billed: record it, don't send it again.
-            log.error("sidecar.write_failed", path=str(path), guid=sub.guid, error=str(exc))
+            log.error(
+                "sidecar.write_failed", path=str(path), guid=sub.guid, error=str(exc)
+            )
             return replace(result, error=str(exc))
         log.info(
-            "job.submitted", path=str(path), profile=profile, guid=sub.guid, attempts=sub.attempts,
-            bytes=sub.size, image_type=sub.image_type, duration_ms=round((time.monotonic() - started) * 1000, 1),
+            "job.submitted",
+            path=str(path),
+            profile=profile,
+            guid=sub.guid,
+            attempts=sub.attempts,
+            bytes=sub.size,
+            image_type=sub.image_type,
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
         return result
 
@@ -114,16 +144,23 @@ class Submitter:
             log.error("sidecar.write_failed", path=str(path), error=str(exc))
             return Result(Outcome.RETRY, path, profile, error=f"{reason} (and {exc})")
         log.warning("job.rejected", path=str(path), profile=profile, error=reason)
-        return Result(Outcome.REJECTED, path, profile, error=reason, size=size, mtime_ns=mtime_ns)
+        return Result(
+            Outcome.REJECTED, path, profile, error=reason, size=size, mtime_ns=mtime_ns
+        )
 
     def process_one(self, job: Job, profile: str) -> Result:
         """Send a claimed job and record the outcome in the journal."""
         assert self.journal is not None, "process_one needs a journal"
         try:
             result = self.send(job.path, job.root, profile)
-        except Exception as exc:  # noqa: BLE001 -- a watched folder is unattended: no single file may take the daemon down
+        except Exception as exc:
             log.exception("job.crashed", path=str(job.path))
-            result = Result(Outcome.RETRY, job.path, profile, error=f"internal error: {type(exc).__name__}: {exc}")
+            result = Result(
+                Outcome.RETRY,
+                job.path,
+                profile,
+                error=f"internal error: {type(exc).__name__}: {exc}",
+            )
         self._record(job, result)
         return result
 
@@ -133,13 +170,34 @@ class Submitter:
         journal, path = self.journal, job.path
         match result.outcome:
             case Outcome.SUBMITTED:
-                journal.mark_submitted(path, guid=result.guid or "", sha256=result.sha256 or "", size=result.size, mtime_ns=result.mtime_ns, now=now)
+                journal.mark_submitted(
+                    path,
+                    guid=result.guid or "",
+                    sha256=result.sha256 or "",
+                    size=result.size,
+                    mtime_ns=result.mtime_ns,
+                    now=now,
+                )
             case Outcome.REJECTED:
-                journal.mark_rejected(path, reason=result.error or "", size=result.size or job.size, mtime_ns=result.mtime_ns or job.mtime_ns, now=now)
+                journal.mark_rejected(
+                    path,
+                    reason=result.error or "",
+                    size=result.size or job.size,
+                    mtime_ns=result.mtime_ns or job.mtime_ns,
+                    now=now,
+                )
             case Outcome.RETRY:
                 when = next_attempt_at(job.attempts + 1, now, result.retry_after_s)
-                journal.mark_failed(path, error=result.error or "", next_attempt_at=when, now=now)
-                log.warning("job.retry_later", path=str(path), error=result.error, wait_s=round(when - now, 1), attempts=job.attempts + 1)
+                journal.mark_failed(
+                    path, error=result.error or "", next_attempt_at=when, now=now
+                )
+                log.warning(
+                    "job.retry_later",
+                    path=str(path),
+                    error=result.error,
+                    wait_s=round(when - now, 1),
+                    attempts=job.attempts + 1,
+                )
             case Outcome.CHANGED:
                 # Settle again: the daemon's tracker re-queues it once it is quiet.
                 journal.forget(path)
@@ -160,4 +218,3 @@ def _stat(path: Path) -> tuple[int, int]:
     except OSError:
         return 0, 0
     return st.st_size, st.st_mtime_ns
-

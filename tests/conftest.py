@@ -20,7 +20,9 @@ CLIENT_ID = "test-client"
 OCRWATCH = [sys.executable, "-m", "ocrwatch"]
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
+def wait_until(
+    condition: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition"
+) -> None:
     """Poll condition until it holds; fail with a clear message at the deadline."""
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -41,10 +43,16 @@ def emulator() -> Iterator[Emulator]:
         yield emu
 
 
-def write_config(path: Path, base_url: str, folders: list[dict[str, Any]], **extra: Any) -> Path:
+def write_config(
+    path: Path, base_url: str, folders: list[dict[str, Any]], **extra: Any
+) -> Path:
     data: dict[str, Any] = {
-        "api": {"base_url": base_url, "client_id": CLIENT_ID, "client_secret": SECRET,
-                "retry": {"max_attempts": 6, "max_delay": 0.2}},
+        "api": {
+            "base_url": base_url,
+            "client_id": CLIENT_ID,
+            "client_secret": SECRET,
+            "retry": {"max_attempts": 6, "max_delay": 0.2},
+        },
         "state_dir": str(path.parent / "state"),
         "folders": folders,
     }

@@ -30,22 +30,45 @@ from .conftest import CLIENT_ID, SECRET
 from .images import HEADERS, png_bytes, write_png
 
 
-def make_client(url, *, sleeps=None, secret=SECRET, trial=False, max_attempts=6, max_delay=120.0, timeout=None):
-    api = {"base_url": url, "trial": trial, "retry": {"max_attempts": max_attempts, "max_delay": max_delay}}
+def make_client(
+    url,
+    *,
+    sleeps=None,
+    secret=SECRET,
+    trial=False,
+    max_attempts=6,
+    max_delay=120.0,
+    timeout=None,
+):
+    api = {
+        "base_url": url,
+        "trial": trial,
+        "retry": {"max_attempts": max_attempts, "max_delay": max_delay},
+    }
     if timeout:
         api["timeout"] = timeout
-    config = parse_config({"api": api, "state_dir": "/tmp/x", "folders": [{"path": "/srv/in"}]}, "test")
+    config = parse_config(
+        {"api": api, "state_dir": "/tmp/x", "folders": [{"path": "/srv/in"}]}, "test"
+    )
     creds = None if trial else Credentials(CLIENT_ID, SecretStr(secret))
-    policy = RetryPolicy(max_attempts=max_attempts, max_delay_s=max_delay, sleep=sleeps.append if sleeps is not None else time.sleep)
+    policy = RetryPolicy(
+        max_attempts=max_attempts,
+        max_delay_s=max_delay,
+        sleep=sleeps.append if sleeps is not None else time.sleep,
+    )
     return OcrClient(config.api, creds, policy=policy)
 
 
 def images(folder: Path, n: int, start: int = 0) -> list[Path]:
-    return [write_png(folder / f"scan-{i:04d}.png", seed=i) for i in range(start, start + n)]
+    return [
+        write_png(folder / f"scan-{i:04d}.png", seed=i) for i in range(start, start + n)
+    ]
 
 
 class TestTokens:
-    def test_one_token_call_for_50_submissions_at_concurrency_8(self, emulator, tmp_path):
+    def test_one_token_call_for_50_submissions_at_concurrency_8(
+        self, emulator, tmp_path
+    ):
         """Concurrent workers share one cached token: the token endpoint is called once."""
         client = make_client(emulator.url)
         files = images(tmp_path, 50)
@@ -85,7 +108,11 @@ class TestTokens:
         for path in files[5:]:
             client.submit(path, Settings())
 
-        statuses = [r["status"] for r in emulator.received if r["path"].endswith("RecognizeImage")]
+        statuses = [
+            r["status"]
+            for r in emulator.received
+            if r["path"].endswith("RecognizeImage")
+        ]
         assert 10 == statuses.count(200)
         assert 1 == statuses.count(401)
         assert 2 == emulator.token_calls
@@ -102,7 +129,9 @@ class TestTokens:
             errors.append(str(info.value))
 
         assert 1 == emulator.token_calls
-        assert errors[0].startswith(f"the token endpoint refused client_id `{CLIENT_ID}` (HTTP 400)")
+        assert errors[0].startswith(
+            f"the token endpoint refused client_id `{CLIENT_ID}` (HTTP 400)"
+        )
         assert "check api.client_id and the client secret" in errors[0]
         assert [] == emulator.submissions()
 
@@ -180,7 +209,9 @@ class TestRetries:
         from ocrwatch.emulator import Emulator, Faults
 
         sleeps: list[float] = []
-        with Emulator(client_id=CLIENT_ID, client_secret=SECRET, faults=Faults(**fault), seed=7) as emu:
+        with Emulator(
+            client_id=CLIENT_ID, client_secret=SECRET, faults=Faults(**fault), seed=7
+        ) as emu:
             client = make_client(emu.url, sleeps=sleeps, max_attempts=12)
             subs = [client.submit(p, Settings()) for p in images(tmp_path, 30)]
 
@@ -189,7 +220,9 @@ class TestRetries:
             assert faults, "the emulator injected no fault"
             assert len(faults) == len(sleeps)
 
-    def test_backoff_is_jittered_exponential_capped_by_max_delay(self, emulator, tmp_path):
+    def test_backoff_is_jittered_exponential_capped_by_max_delay(
+        self, emulator, tmp_path
+    ):
         """Waits grow with full jitter and never exceed retry.max_delay."""
         sleeps: list[float] = []
         client = make_client(emulator.url, sleeps=sleeps, max_attempts=6, max_delay=2.0)
@@ -221,7 +254,9 @@ class TestRetries:
         assert [429, 200] == [r["status"] for r in posts]
         assert posts[1]["ts"] - posts[0]["ts"] >= 1.0
 
-    def test_retry_after_beyond_max_delay_hands_back_to_journal(self, emulator, tmp_path):
+    def test_retry_after_beyond_max_delay_hands_back_to_journal(
+        self, emulator, tmp_path
+    ):
         """A Retry-After longer than max_delay is not slept on: the error carries it for the journal."""
         sleeps: list[float] = []
         client = make_client(emulator.url, sleeps=sleeps, max_delay=5)
@@ -259,9 +294,20 @@ class TestRetries:
 
     @pytest.mark.parametrize(
         ("status", "kind"),
-        [(200, None), (400, RejectedError), (404, RejectedError), (413, RejectedError), (415, RejectedError),
-         (401, AuthError), (403, AuthError), (408, TransientApiError), (429, TransientApiError),
-         (500, TransientApiError), (502, TransientApiError), (503, TransientApiError)],
+        [
+            (200, None),
+            (400, RejectedError),
+            (404, RejectedError),
+            (413, RejectedError),
+            (415, RejectedError),
+            (401, AuthError),
+            (403, AuthError),
+            (408, TransientApiError),
+            (429, TransientApiError),
+            (500, TransientApiError),
+            (502, TransientApiError),
+            (503, TransientApiError),
+        ],
     )
     def test_error_for_status(self, status, kind):
         """Only 4xx other than 401/403/408/429 reject the file; the rest are auth or transient."""
@@ -276,23 +322,41 @@ class TestRetries:
         path.write_bytes(HEADERS["gif"] + b"x" * 20)
         emulator.fail_next(415)
 
-        with pytest.raises(RejectedError, match=r"rejected by the service \(HTTP 415\): Injected fault"):
+        with pytest.raises(
+            RejectedError, match=r"rejected by the service \(HTTP 415\): Injected fault"
+        ):
             client.submit(path, Settings())
 
 
 class TestBodies:
-    def test_emulator_receives_profile_settings_exactly_and_the_file_sha256(self, emulator, tmp_path):
+    def test_emulator_receives_profile_settings_exactly_and_the_file_sha256(
+        self, emulator, tmp_path
+    ):
         """Keys, casing (`Rotate`) and enum values go out as configured; the image hash matches the file."""
         client = make_client(emulator.url)
         path = write_png(tmp_path / "a.png", 3)
-        settings = Settings(language="German", rotate=90, result_type="TextAndPdf", make_spell_check=True,
-                            make_skew_correct=False, dsr_mode="DsrPlusDetector", dsr_confidence="MidHigh")
+        settings = Settings(
+            language="German",
+            rotate=90,
+            result_type="TextAndPdf",
+            make_spell_check=True,
+            make_skew_correct=False,
+            dsr_mode="DsrPlusDetector",
+            dsr_confidence="MidHigh",
+        )
 
         sub = client.submit(path, settings)
 
         [received] = emulator.submissions()
-        expected = {"language": "German", "makeSkewCorrect": False, "makeSpellCheck": True, "dsrMode": "DsrPlusDetector",
-                    "dsrConfidence": "MidHigh", "resultType": "TextAndPdf", "Rotate": 90}
+        expected = {
+            "language": "German",
+            "makeSkewCorrect": False,
+            "makeSpellCheck": True,
+            "dsrMode": "DsrPlusDetector",
+            "dsrConfidence": "MidHigh",
+            "resultType": "TextAndPdf",
+            "Rotate": 90,
+        }
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         assert expected == received["settings"]
         assert digest == received["image_sha256"] == sub.sha256
@@ -318,14 +382,20 @@ class TestBodies:
             assert data == base64.b64decode(parsed["image"], validate=True)
             assert {"language": "English"} == parsed["settings"]
 
-    def test_trial_mode_uses_trial_endpoint_without_authorization(self, emulator, tmp_path):
+    def test_trial_mode_uses_trial_endpoint_without_authorization(
+        self, emulator, tmp_path
+    ):
         """trial: true posts to RecognizeImageTrial with no token call and no Authorization header."""
         client = make_client(emulator.url, trial=True)
 
         client.submit(write_png(tmp_path / "a.png"), Settings())
 
         [received] = emulator.submissions()
-        assert ("/v5.0/ocr/RecognizeImageTrial", "none", 0) == (received["path"], received["auth"], emulator.token_calls)
+        assert ("/v5.0/ocr/RecognizeImageTrial", "none", 0) == (
+            received["path"],
+            received["auth"],
+            emulator.token_calls,
+        )
 
     def test_result_can_be_fetched_and_decoded(self, emulator, tmp_path):
         """The recognised text is fetched by GUID and base64-decoded."""
@@ -342,16 +412,27 @@ class TestBodies:
     @pytest.mark.parametrize(
         ("body", "expected"),
         [
-            ("a197aade-bba9-4c7a-92c7-46851b3dceaa", "a197aade-bba9-4c7a-92c7-46851b3dceaa"),
-            ('"A197AADE-BBA9-4C7A-92C7-46851B3DCEAA"\n', "a197aade-bba9-4c7a-92c7-46851b3dceaa"),
-            ("  a197aade-bba9-4c7a-92c7-46851b3dceaa\r\n", "a197aade-bba9-4c7a-92c7-46851b3dceaa"),
+            (
+                "a197aade-bba9-4c7a-92c7-46851b3dceaa",
+                "a197aade-bba9-4c7a-92c7-46851b3dceaa",
+            ),
+            (
+                '"A197AADE-BBA9-4C7A-92C7-46851B3DCEAA"\n',
+                "a197aade-bba9-4c7a-92c7-46851b3dceaa",
+            ),
+            (
+                "  a197aade-bba9-4c7a-92c7-46851b3dceaa\r\n",
+                "a197aade-bba9-4c7a-92c7-46851b3dceaa",
+            ),
         ],
     )
     def test_parse_task_id_accepts_plain_quoted_and_padded(self, body, expected):
         """The GUID is stripped of whitespace and quotes, then validated."""
         assert expected == parse_task_id(body)
 
-    @pytest.mark.parametrize("body", ["", "ok", "{}", "a197aade-bba9-4c7a-92c7", "<html>error</html>"])
+    @pytest.mark.parametrize(
+        "body", ["", "ok", "{}", "a197aade-bba9-4c7a-92c7", "<html>error</html>"]
+    )
     def test_parse_task_id_rejects_non_guids(self, body):
         """Anything that is not a GUID is not written to a sidecar."""
         with pytest.raises(TransientApiError):
@@ -392,7 +473,9 @@ class TestBadInput:
 
         sub = client.submit(path, Settings())
 
-        assert {"jpg": "JPEG", "tif": "TIFF", "bmp": "BMP", "gif": "GIF"}[kind] == sub.image_type
+        assert {"jpg": "JPEG", "tif": "TIFF", "bmp": "BMP", "gif": "GIF"}[
+            kind
+        ] == sub.image_type
 
     def test_png_bytes_fixture_is_a_png(self):
         """The test images really start with the PNG signature."""

@@ -1,0 +1,255 @@
+"""`ocrwatch submit`, `check` and `status` as a user runs them: subprocesses against the emulator."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import yaml
+
+from .conftest import OCRWATCH, SECRET, cli_env, write_config
+from .images import write_png
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*OCRWATCH, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or cli_env(),
+        check=False,
+    )
+
+
+def log_events(stderr: str) -> list[dict]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def test_submit_writes_sidecars_and_skips_them_next_time(config_file, inbox, emulator):
+    """Every image gets a .guid holding the emulator's GUID; a second run submits nothing."""
+    files = [write_png(inbox / f"scan-{i:04d}.png", i) for i in range(6)]
+    write_png(inbox / "sub" / "deep.png", 99)
+
+    first = run("submit", "-c", str(config_file), str(inbox))
+    second = run("submit", "-c", str(config_file), str(inbox))
+
+    guids = {r["guid"] for r in emulator.submissions()}
+    written = {
+        (f.parent / (f.name + ".guid")).read_text().strip()
+        for f in [*files, inbox / "sub" / "deep.png"]
+    }
+    assert (0, 0) == (first.returncode, second.returncode)
+    assert (
+        "submitted 7, skipped 0 (sidecar present), failed 0"
+        == first.stdout.splitlines()[0]
+    )
+    assert (
+        "submitted 0, skipped 7 (sidecar present), failed 0"
+        == second.stdout.splitlines()[0]
+    )
+    assert guids == written
+    assert 7 == len(emulator.submissions())
+
+
+def test_submit_logs_one_event_per_file_with_context(config_file, inbox, emulator):
+    """job.submitted carries path, profile, guid, attempts, bytes and duration."""
+    path = write_png(inbox / "a.png", 1)
+
+    result = run("submit", "-c", str(config_file), str(path))
+
+    [event] = [e for e in log_events(result.stderr) if e["event"] == "job.submitted"]
+    assert {
+        "path",
+        "profile",
+        "guid",
+        "attempts",
+        "bytes",
+        "duration_ms",
+        "level",
+        "timestamp",
+    } <= set(event)
+    assert (str(path), "default", path.stat().st_size) == (
+        event["path"],
+        event["profile"],
+        event["bytes"],
+    )
+
+
+def test_submit_content_changed_after_sidecar_is_sent_again(
+    config_file, inbox, emulator
+):
+    """A file rewritten after its sidecar gets a new task and a replaced sidecar."""
+    path = write_png(inbox / "a.png", 1)
+    run("submit", "-c", str(config_file), str(path))
+    old = (inbox / "a.png.guid").read_text()
+    import os
+
+    write_png(path, 2)
+    st = path.stat()
+    os.utime(
+        path,
+        ns=(st.st_atime_ns, (inbox / "a.png.guid").stat().st_mtime_ns + 1_000_000_000),
+    )
+
+    result = run("submit", "-c", str(config_file), str(path))
+
+    assert 0 == result.returncode
+    assert 2 == len(emulator.submissions())
+    assert old != (inbox / "a.png.guid").read_text()
+
+
+def test_bad_files_get_error_sidecars_and_the_rest_go_through(
+    config_file, inbox, emulator
+):
+    """Empty and non-image files get .error with the reason; good ones still get .guid; exit 1."""
+    write_png(inbox / "good.png", 1)
+    (inbox / "empty.png").write_bytes(b"")
+    (inbox / "notes.png").write_text("not an image")
+
+    result = run("submit", "-c", str(config_file), str(inbox))
+
+    assert 1 == result.returncode
+    assert (
+        "submitted 1, skipped 0 (sidecar present), failed 2"
+        == result.stdout.splitlines()[0]
+    )
+    assert "the file is empty\n" == (inbox / "empty.png.error").read_text()
+    assert (inbox / "notes.png.error").read_text().startswith("not a supported image")
+    assert (inbox / "good.png.guid").exists()
+
+
+def test_bad_credentials_exit_1_after_one_token_call(tmp_path, inbox, emulator):
+    """Refused credentials: one token call, no uploads, no .error files, and a clear reason."""
+    for i in range(10):
+        write_png(inbox / f"s{i}.png", i)
+    config = write_config(
+        tmp_path / "c.yaml",
+        emulator.url,
+        [{"path": str(inbox)}],
+        api={"client_secret": "wrong"},
+    )
+
+    result = run("submit", "-c", str(config), str(inbox))
+
+    assert 1 == result.returncode
+    assert 1 == emulator.token_calls
+    assert [] == emulator.submissions()
+    assert [] == list(inbox.glob("*.error"))
+    assert (
+        "refused client_id `test-client` (HTTP 400); check api.client_id and the client secret"
+        in result.stdout
+    )
+
+
+def test_unknown_profile_option_is_usage_error(config_file, inbox):
+    """--profile must name a configured profile: exit 2, one line."""
+    result = run("submit", "-c", str(config_file), "--profile", "nope", str(inbox))
+
+    assert 2 == result.returncode
+    assert [
+        "ocrwatch: --profile: unknown profile `nope`; known: default"
+    ] == result.stderr.splitlines()
+
+
+def test_config_error_from_cli_is_one_line_exit_2_no_traceback(tmp_path, emulator):
+    """A bad key in the config file: exit 2, one stderr sentence, no traceback."""
+    config = write_config(
+        tmp_path / "c.yaml",
+        emulator.url,
+        [{"path": str(tmp_path), "setle_seconds": 1}],
+        state_dir=str(tmp_path.parent / "st"),
+    )
+
+    for command in ("check", "submit", "run"):
+        args = [command, "-c", str(config)] + (
+            [str(tmp_path)] if command == "submit" else []
+        )
+        result = run(*args)
+
+        assert (
+            2,
+            [
+                f"ocrwatch: {config}: folders[0].setle_seconds: unknown key; did you mean `settle_seconds`?"
+            ],
+        ) == (result.returncode, result.stderr.splitlines())
+
+
+def test_check_prints_each_folder_with_resolved_profile(tmp_path, emulator):
+    """check shows each folder, its profile and the settings that will be sent."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    config = write_config(
+        tmp_path / "c.yaml",
+        emulator.url,
+        [{"path": str(a)}, {"path": str(b), "profile": "invoices-de", "polling": True}],
+        profiles={
+            "default": {"language": "English"},
+            "invoices-de": {
+                "extends": "default",
+                "language": "German",
+                "makeSpellCheck": True,
+            },
+        },
+    )
+
+    result = run("check", "-c", str(config))
+
+    assert 0 == result.returncode
+    assert '  profile: default {"language": "English"}' in result.stdout
+    assert (
+        '  profile: invoices-de {"language": "German", "makeSpellCheck": true}'
+        in result.stdout
+    )
+    assert f"folder: {b}  (missing: will be watched once it appears)" in result.stdout
+    assert "polling every 10s" in result.stdout
+
+
+def test_status_before_any_journal(config_file):
+    """status with no journal yet says so and exits 0."""
+    result = run("status", "-c", str(config_file), "--json")
+
+    assert (0, False) == (result.returncode, json.loads(result.stdout)["exists"])
+
+
+def test_secret_and_tokens_never_appear_in_any_output(tmp_path, inbox, emulator):
+    """A full cycle with a forced 401 and a rejected file leaks neither the secret nor any token."""
+    for i in range(5):
+        write_png(inbox / f"s{i}.png", i)
+    (inbox / "bad.png").write_text("nope")
+    config = write_config(tmp_path / "c.yaml", emulator.url, [{"path": str(inbox)}])
+    data = yaml.safe_load(config.read_text())
+    del data["api"]["client_secret"]
+    config.write_text(yaml.safe_dump(data))
+    env = cli_env(OCRWATCH_CLIENT_SECRET=SECRET)
+    emulator.fail_next(401)  # forces the invalidate-and-refresh path mid-run
+
+    outputs = [
+        run("submit", "-c", str(config), "--log-level", "debug", str(inbox), env=env),
+        run("check", "-c", str(config), "--log-level", "debug", env=env),
+        run("status", "-c", str(config), env=env),
+        run("status", "-c", str(config), "--json", env=env),
+    ]
+    written = "".join(p.read_text() for p in inbox.glob("*.error")) + "".join(
+        p.read_text() for p in inbox.glob("*.guid")
+    )
+
+    tokens = emulator.issued_tokens()
+    everything = "".join(o.stdout + o.stderr for o in outputs) + written
+    assert 2 == emulator.token_calls
+    assert tokens
+    assert SECRET not in everything
+    assert not [t for t in tokens if t in everything]
+    assert 1 == outputs[0].returncode
+    assert 5 == len(list(inbox.glob("*.guid")))
+
+
+def test_missing_path_is_reported_not_crashed(config_file, inbox):
+    """A path that does not exist fails that path with a reason."""
+    result = run("submit", "-c", str(config_file), str(inbox / "nope.png"))
+
+    assert 1 == result.returncode
+    assert "failed 1" in result.stdout.splitlines()[0]
+    assert "disappeared" in result.stdout or "No such file" in result.stdout

@@ -1,0 +1,106 @@
+"""Which paths are candidates: include/exclude, built-in junk, symlinks, and the catch-up walk."""
+
+from __future__ import annotations
+
+from pathlib import PurePath
+
+import pytest
+
+from ocrwatch.config import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
+from ocrwatch.selection import is_candidate, regular_file_stat, walk_candidates
+
+from .images import write_png
+
+
+@pytest.mark.parametrize(
+    ("relpath", "expected"),
+    [
+        ("scan.png", True),
+        ("SCAN.JPG", True),
+        ("a/b/c/scan.tiff", True),
+        ("notes.txt", False),
+        (".hidden.png", False),
+        ("._scan.png", False),
+        (".DS_Store", False),
+        ("Thumbs.db", False),
+        ("desktop.ini", False),
+        ("scan.png.part", False),
+        ("scan.png.crdownload", False),
+        ("~$scan.png", False),
+        ("scan.png.tmp", False),
+        ("scan.png.guid", False),
+        ("scan.png.error", False),
+        (".ocrwatch.yaml", False),
+        ("@eaDir/scan.png/SYNOFILE_THUMB_M.jpg", False),
+        ("#recycle/scan.png", False),
+        (".stfolder/scan.png", False),
+        (".stversions/scan~20260101.png", False),
+        (".Trash-1000/files/scan.png", False),
+        (".hidden/scan.png", False),
+    ],
+)
+def test_default_rules(relpath, expected):
+    """Defaults take image extensions (any case) and skip scanner/NAS junk and our own files."""
+    assert expected is is_candidate(PurePath(relpath), DEFAULT_INCLUDE, DEFAULT_EXCLUDE)
+
+
+def test_patterns_match_relative_paths():
+    """Exclude patterns with a slash match the path relative to the watched root."""
+    assert not is_candidate(PurePath("archive/2020/a.png"), ["*.png"], ["archive/*"])
+    assert is_candidate(PurePath("inbox/a.png"), ["*.png"], ["archive/*"])
+
+
+def test_symlink_outside_roots_is_not_followed(tmp_path):
+    """A link to a file outside the watched roots is not a candidate; one inside is."""
+    root = tmp_path / "root"
+    outside = write_png(tmp_path / "outside" / "secret.png")
+    inside = write_png(root / "real.png")
+    (root / "out.png").symlink_to(outside)
+    (root / "in.png").symlink_to(inside)
+
+    assert regular_file_stat(root / "out.png", [root]) is None
+    assert regular_file_stat(root / "in.png", [root]) is not None
+
+
+def test_walk_finds_candidates_and_their_sidecars(tmp_path):
+    """The walk yields candidates per folder with sidecar mtimes, skipping junk folders and loops."""
+    write_png(tmp_path / "a.png")
+    write_png(tmp_path / "sub" / "b.png")
+    write_png(tmp_path / "@eaDir" / "c.png")
+    (tmp_path / "a.png.guid").write_text("x\n")
+    (tmp_path / "sub" / "loop").symlink_to(tmp_path)
+
+    found = [
+        f
+        for batch in walk_candidates(
+            tmp_path,
+            recursive=True,
+            include=DEFAULT_INCLUDE,
+            exclude=DEFAULT_EXCLUDE,
+            roots=[tmp_path],
+        )
+        for f in batch
+    ]
+
+    by_name = {f.path.name: f.sidecar_mtime_ns is not None for f in found}
+    assert {"a.png": True, "b.png": False} == by_name
+
+
+def test_walk_non_recursive_stays_on_top(tmp_path):
+    """recursive: false ignores subfolders."""
+    write_png(tmp_path / "a.png")
+    write_png(tmp_path / "sub" / "b.png")
+
+    found = [
+        f.path.name
+        for batch in walk_candidates(
+            tmp_path,
+            recursive=False,
+            include=DEFAULT_INCLUDE,
+            exclude=DEFAULT_EXCLUDE,
+            roots=[tmp_path],
+        )
+        for f in batch
+    ]
+
+    assert ["a.png"] == found
