@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 import re
 import stat
@@ -196,6 +197,7 @@ class OcrClient:
         *,
         policy: RetryPolicy | None = None,
         tokens: TokenCache | None = None,
+        auth_retry_s: float = math.inf,
     ) -> None:
         self._api = api
         self._timeout = (api.timeout.connect, api.timeout.read)
@@ -209,7 +211,8 @@ class OcrClient:
             tokens = TokenCache(
                 lambda: fetch_token(
                     self._session(), api.resolved_token_url, creds, self._timeout
-                )
+                ),
+                auth_retry_s=auth_retry_s,
             )
         self.tokens = tokens
         endpoint = "RecognizeImageTrial" if self.trial else "RecognizeImage"

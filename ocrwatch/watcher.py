@@ -1,0 +1,128 @@
+"""Turn watchdog events (inotify, or polling for network shares) into "activity on this path".
+
+The handler only hands paths to a callback and never raises: an exception there would kill
+watchdog's dispatch thread. Whether a watcher is still alive is for the daemon to ask and act on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+import structlog
+from watchdog.events import (
+    FileSystemEvent,
+    FileSystemEventHandler,
+    FileSystemMovedEvent,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+log = structlog.get_logger()
+
+ACTIVITY_EVENTS: Final = frozenset({"created", "modified", "closed", "moved", "attrib"})
+Activity = Callable[[Path, bool], None]
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, on_activity: Activity) -> None:
+        self._on_activity = on_activity
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type not in ACTIVITY_EVENTS:
+            return
+        raw = (
+            event.dest_path
+            if isinstance(event, FileSystemMovedEvent) and event.dest_path
+            else event.src_path
+        )
+        try:
+            path = Path(raw.decode() if isinstance(raw, bytes) else raw)
+            self._on_activity(path, event.is_directory)
+        except Exception:
+            log.exception("watcher.handler_failed", path=str(raw))
+
+
+class _OverflowSignal(logging.Handler):
+    """watchdog reports a kernel inotify queue overflow only as a log record; turn it into a call."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.callbacks: list[Callable[[], None]] = []
+        self._lock2 = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "queue overflowed" in record.getMessage():
+            with self._lock2:
+                callbacks = list(self.callbacks)
+            for callback in callbacks:
+                callback()
+
+
+_overflow = _OverflowSignal()
+logging.getLogger("watchdog.observers.inotify_c").addHandler(_overflow)
+logging.getLogger("watchdog.observers.inotify").addHandler(_overflow)
+
+
+class FolderWatcher:
+    """One observer for one watched folder."""
+
+    def __init__(
+        self,
+        root: Path,
+        on_activity: Activity,
+        *,
+        recursive: bool = True,
+        polling: bool = False,
+        poll_interval_s: float = 10.0,
+        on_overflow: Callable[[], None] | None = None,
+    ) -> None:
+        self.root = root
+        self.recursive = recursive
+        self.polling = polling
+        self.poll_interval_s = poll_interval_s
+        self._on_activity = on_activity
+        self._on_overflow = on_overflow
+        self.observer: BaseObserver | None = None
+
+    def start(self) -> None:
+        """Start watching; raises OSError if the folder is missing or cannot be watched."""
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root} is not a folder")
+        observer: BaseObserver = (
+            PollingObserver(timeout=self.poll_interval_s)
+            if self.polling
+            else Observer()
+        )
+        observer.schedule(
+            _Handler(self._on_activity), str(self.root), recursive=self.recursive
+        )
+        observer.daemon = True
+        observer.start()
+        self.observer = observer
+        if self._on_overflow is not None and not self.polling:
+            _overflow.callbacks.append(self._on_overflow)
+
+    def stop(self) -> None:
+        observer, self.observer = self.observer, None
+        if self._on_overflow is not None and self._on_overflow in _overflow.callbacks:
+            _overflow.callbacks.remove(self._on_overflow)
+        if observer is None:
+            return
+        try:
+            observer.stop()
+            observer.join(timeout=5)
+        except Exception:
+            log.exception("watcher.stop_failed", path=str(self.root))
+
+    def is_alive(self) -> bool:
+        """False once the observer or any of its emitters has died or stopped (e.g. after an SMB outage)."""
+        observer = self.observer
+        if observer is None or not observer.is_alive():
+            return False
+        emitters = observer.emitters
+        return bool(emitters) and all(e.is_alive() for e in emitters)
