@@ -135,6 +135,8 @@ class Daemon:
         self._rescans: set[Path] = set()
         self._scan_thread: threading.Thread | None = None
         self._stop_scan = threading.Event()
+        self.scans_done = 0  # folders scanned so far; tests wait on it
+        self.ready = threading.Event()  # set once watchers and workers are up
 
     def load(self) -> tuple[Config, Credentials | None]:
         config = load_config(self.config_path)
@@ -143,9 +145,13 @@ class Daemon:
             register_secret(credentials.client_secret.get_secret_value())
         return config, credentials
 
-    def run(self) -> int:
+    def run(self, *, install_signals: bool = True) -> int:
+        """Serve until SIGTERM/SIGINT (or `flags.stop`, for an embedding thread); 0 after a clean stop."""
         config, credentials = self.load()
-        with _state_lock(config.state_dir), _signal_flags(self.flags):
+        signals = (
+            _signal_flags(self.flags) if install_signals else contextlib.nullcontext()
+        )
+        with _state_lock(config.state_dir), signals:
             self.journal = Journal(config.journal_path)
             try:
                 return self._serve(config, credentials)
@@ -183,6 +189,7 @@ class Daemon:
         )
         self.pool.start()
         self._request_rescan(self.roots, "startup")
+        self.ready.set()
         self._loop()
         return self._shutdown()
 
@@ -411,6 +418,7 @@ class Daemon:
             except (OSError, JournalError) as exc:
                 log.error("rescan.failed", path=str(folder.path), error=str(exc))
                 continue
+            self.scans_done += 1
             log.info(
                 "rescan.finished",
                 path=str(report.root),

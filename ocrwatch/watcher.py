@@ -25,7 +25,7 @@ from watchdog.observers.polling import PollingObserver
 log = structlog.get_logger()
 
 ACTIVITY_EVENTS: Final = frozenset({"created", "modified", "closed", "moved", "attrib"})
-Activity = Callable[[Path, bool], None]
+Activity = Callable[[Path, bool], None]  # (path, is a folder that appeared)
 
 
 class _Handler(FileSystemEventHandler):
@@ -35,6 +35,8 @@ class _Handler(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type not in ACTIVITY_EVENTS:
             return
+        if event.is_directory and event.event_type not in ("created", "moved"):
+            return  # a folder "modified" is just its listing changing (our own sidecars, for one)
         raw = (
             event.dest_path
             if isinstance(event, FileSystemMovedEvent) and event.dest_path

@@ -28,7 +28,7 @@ def wait_until(
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not met within {timeout_s}s")
-        time.sleep(0.02)
+        time.sleep(0.05)
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,95 @@
+"""Run the daemon in a thread (no signal handlers) or as a subprocess, and watch what it does."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from ocrwatch.daemon import Daemon
+from ocrwatch.journal import Journal
+
+from .conftest import OCRWATCH, cli_env, wait_until
+
+
+@contextlib.contextmanager
+def daemon_thread(
+    config: Path, folders: int = 1, env: dict[str, str] | None = None
+) -> Iterator[Daemon]:
+    """A running daemon whose first catch-up scan is done; stopped (and checked for exit 0) after."""
+    daemon = Daemon(config, env or {})
+    result: list[int | BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(daemon.run(install_signals=False))
+        except BaseException as exc:  # noqa: BLE001 -- surfaced to the test below
+            result.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    wait_until(
+        lambda: (
+            (daemon.ready.is_set() and daemon.scans_done >= folders) or bool(result)
+        ),
+        10,
+        "daemon started",
+    )
+    if result:
+        raise AssertionError(f"daemon ended at start: {result[0]!r}")
+    try:
+        yield daemon
+    finally:
+        daemon.flags.stop = True
+        thread.join(30)
+        assert [0] == result, f"daemon did not stop cleanly: {result}"
+
+
+def spawn(config: Path, log: Path, **env: str) -> subprocess.Popen[bytes]:
+    handle = log.open("ab")
+    return subprocess.Popen(
+        [*OCRWATCH, "run", "-c", str(config)],
+        stdout=handle,
+        stderr=handle,
+        env=cli_env(**env),
+    )
+
+
+def stop(
+    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30
+) -> int:
+    proc.send_signal(sig)
+    return proc.wait(timeout)
+
+
+def sidecars(folder: Path, kind: str = ".guid") -> list[Path]:
+    return [p for p in folder.rglob(f"*{kind}") if not p.name.startswith(".")]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def journal_counts(state_dir: Path) -> dict[str, int]:
+    journal = Journal(state_dir / "journal.sqlite3")
+    try:
+        return journal.counts()
+    finally:
+        journal.close()
+
+
+def in_flight(state_dir: Path) -> int:
+    return journal_counts(state_dir)["submitting"]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True

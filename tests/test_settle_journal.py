@@ -1,0 +1,220 @@
+"""Pure decisions (settle, catch-up) and the journal's state machine, without threads or sleeps."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from ocrwatch.catchup import needs_submission
+from ocrwatch.errors import JournalError
+from ocrwatch.journal import Journal
+from ocrwatch.selection import Found
+from ocrwatch.settle import Look, SettleTracker, Verdict, is_settled
+
+P = Path("/in/a.png")
+ROOT = Path("/in")
+
+
+class TestSettle:
+    def test_quiet_and_unchanged_is_settled(self):
+        """Quiet for settle_s and the same size/mtime as the last look: settled."""
+        tracker = SettleTracker()
+        tracker.touch(P, ROOT, 2.0, 0.0, Look(10, 1))
+
+        assert [] == tracker.due(1.9)
+        assert [(P, ROOT)] == tracker.due(2.0)
+        assert Verdict.SETTLED is tracker.confirm(P, Look(10, 1), 2.0)
+        assert 0 == len(tracker)
+
+    def test_close_then_reopen_between_pages_restarts_the_quiet_period(self):
+        """A close-after-write starts the quiet period; the next page's write starts it again."""
+        tracker = SettleTracker()
+        tracker.touch(P, ROOT, 2.0, 0.0, Look(10, 1))  # page 1 written, closed
+        tracker.touch(P, ROOT, 2.0, 1.5, Look(20, 2))  # reopened 1.5 s later for page 2
+
+        assert [] == tracker.due(2.0)
+        assert [(P, ROOT)] == tracker.due(3.5)
+
+    def test_change_without_event_waits_again(self):
+        """If the file changed since the last look (no event seen, e.g. polling), wait another period."""
+        tracker = SettleTracker()
+        tracker.touch(P, ROOT, 2.0, 0.0, Look(10, 1))
+
+        assert Verdict.WAIT is tracker.confirm(P, Look(15, 2), 2.0)
+        assert [] == tracker.due(3.9)
+        assert Verdict.SETTLED is tracker.confirm(P, Look(15, 2), 4.0)
+
+    def test_vanished_file_is_gone(self):
+        """A file deleted before it settled is dropped."""
+        tracker = SettleTracker()
+        tracker.touch(P, ROOT, 2.0, 0.0, Look(10, 1))
+
+        assert Verdict.GONE is tracker.confirm(P, None, 2.0)
+        assert 0 == len(tracker)
+
+    def test_next_due_in(self):
+        """The main loop sleeps exactly until the earliest file may be settled."""
+        tracker = SettleTracker()
+        assert tracker.next_due_in(0.0) is None
+        tracker.touch(P, ROOT, 2.0, 0.0, None)
+        tracker.touch(Path("/in/b.png"), ROOT, 5.0, 0.0, None)
+
+        assert 1.5 == tracker.next_due_in(0.5)
+
+    @pytest.mark.parametrize(
+        ("last", "now", "prev", "cur", "expected"),
+        [
+            (0, 2, Look(1, 1), Look(1, 1), True),
+            (0, 1, Look(1, 1), Look(1, 1), False),
+            (0, 2, Look(1, 1), Look(2, 1), False),
+            (0, 2, None, Look(1, 1), False),
+            (0, 2, Look(1, 1), None, False),
+        ],
+    )
+    def test_is_settled_table(self, last, now, prev, cur, expected):
+        """is_settled needs both the quiet period and an unchanged look."""
+        assert expected is is_settled(last, 2.0, now, prev, cur)
+
+
+class TestCatchUpDecision:
+    def found(self, size=10, mtime=100, sidecar=None):
+        return Found(P, size, mtime, sidecar)
+
+    @pytest.mark.parametrize(
+        ("found", "known", "expected"),
+        [
+            pytest.param(dict(), None, True, id="new-file"),
+            pytest.param(dict(sidecar=200), None, False, id="sidecar-no-journal"),
+            pytest.param(
+                dict(mtime=300, sidecar=200), None, True, id="sidecar-older-than-file"
+            ),
+            pytest.param(
+                dict(sidecar=200), (10, 100, "submitted"), False, id="done-same"
+            ),
+            pytest.param(
+                dict(size=11, sidecar=200),
+                (10, 100, "submitted"),
+                True,
+                id="done-changed",
+            ),
+            pytest.param(dict(), (10, 100, "rejected"), False, id="rejected-same"),
+            pytest.param(dict(), (10, 100, "queued"), False, id="already-queued"),
+            pytest.param(dict(), (10, 100, "submitting"), False, id="in-flight"),
+            pytest.param(dict(), (10, 100, "failed"), False, id="retry-scheduled"),
+        ],
+    )
+    def test_needs_submission(self, found, known, expected):
+        """The journal is authoritative; without it a sidecar no older than the file means done."""
+        assert expected is needs_submission(self.found(**found), known)
+
+
+class TestJournal:
+    @pytest.fixture
+    def journal(self, tmp_path):
+        j = Journal(tmp_path / "state" / "journal.sqlite3")
+        yield j
+        j.close()
+
+    def test_note_claim_submit(self, journal):
+        """A settled file is queued once, claimed once, and done."""
+        assert journal.note(P, ROOT, 10, 1, now=0.0)
+        assert not journal.note(P, ROOT, 10, 1, now=0.1)
+
+        job = journal.claim(now=1.0)
+        assert (P, 0) == (job.path, job.attempts)
+        assert journal.claim(now=1.0) is None
+        assert not journal.note(
+            P, ROOT, 10, 1, now=1.1
+        )  # duplicate event while in flight
+
+        journal.mark_submitted(P, guid="g", sha256="h", size=10, mtime_ns=1, now=2.0)
+        assert {
+            "queued": 0,
+            "submitting": 0,
+            "submitted": 1,
+            "failed": 0,
+            "rejected": 0,
+        } == journal.counts()
+        assert not journal.note(P, ROOT, 10, 1, now=3.0)
+        assert journal.note(
+            P, ROOT, 12, 2, now=4.0
+        )  # content changed after its sidecar
+
+    def test_failed_is_offered_again_only_when_due(self, journal):
+        """A transient failure is rescheduled, never dropped."""
+        journal.note(P, ROOT, 10, 1, now=0.0)
+        journal.claim(now=0.0)
+
+        journal.mark_failed(P, error="HTTP 503", next_attempt_at=30.0, now=0.0)
+
+        assert journal.claim(now=29.0) is None
+        assert 30.0 == journal.next_due_at()
+        job = journal.claim(now=30.0)
+        assert (P, 1) == (job.path, job.attempts)
+
+    def test_resume_puts_in_flight_back(self, tmp_path):
+        """After a crash, `submitting` entries are queued again; nothing else changes."""
+        path = tmp_path / "j.sqlite3"
+        first = Journal(path)
+        first.note(P, ROOT, 10, 1, now=0.0)
+        first.note(Path("/in/b.png"), ROOT, 10, 1, now=0.0)
+        first.claim(now=0.0)
+        first.close()
+
+        second = Journal(path)
+        resumed = second.resume(now=1.0)
+
+        assert 1 == resumed
+        assert {"queued": 2, "submitting": 0} == {
+            k: v for k, v in second.counts().items() if k in ("queued", "submitting")
+        }
+        second.close()
+
+    def test_held_until_released(self, journal):
+        """A held file is not claimed until its folder's override is fixed."""
+        journal.note(Path("/in/sub/a.png"), ROOT, 10, 1, now=0.0)
+        journal.claim(now=0.0)
+        journal.hold(Path("/in/sub/a.png"), reason="held: bad", now=0.0)
+
+        assert journal.claim(now=5.0) is None
+        assert 0 == journal.release_held(Path("/in/other"), now=6.0)
+        assert 1 == journal.release_held(Path("/in/sub"), now=6.0)
+        assert journal.claim(now=6.0) is not None
+
+    def test_lookup_in_batches(self, journal):
+        """Batched lookups return every known path, across batch boundaries."""
+        paths = [Path(f"/in/{i}.png") for i in range(1200)]
+        for i, p in enumerate(paths):
+            journal.note(p, ROOT, i, i, now=0.0)
+
+        known = journal.lookup([*paths, Path("/in/unknown.png")])
+
+        assert 1200 == len(known)
+        assert (7, 7, "queued") == known[Path("/in/7.png")]
+
+    def test_schema_version_is_recorded_and_newer_is_refused(self, tmp_path):
+        """The journal carries its schema version; one from a newer ocrwatch is refused clearly."""
+        path = tmp_path / "j.sqlite3"
+        Journal(path).close()
+        db = sqlite3.connect(path)
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        db.execute("PRAGMA user_version=99")
+        db.commit()
+        db.close()
+
+        with pytest.raises(
+            JournalError,
+            match="schema 99 is newer than this ocrwatch understands; upgrade ocrwatch",
+        ):
+            Journal(path)
+        assert 1 == version
+
+    def test_corrupt_journal_is_a_journal_error(self, tmp_path):
+        """A file that is not SQLite gives a JournalError naming it, not a traceback."""
+        path = tmp_path / "j.sqlite3"
+        path.write_bytes(b"this is not a database" * 100)
+
+        with pytest.raises(JournalError, match="cannot open the journal"):
+            Journal(path)
