@@ -127,4 +127,8 @@ class FolderWatcher:
         if observer is None or not observer.is_alive():
             return False
         emitters = observer.emitters
-        return bool(emitters) and all(e.is_alive() for e in emitters)
+        # InotifyObserver reads the kernel queue in a thread of its own; if that thread dies no
+        # event arrives again while everything else looks alive. (Private, hence the getattr.)
+        reader = getattr(observer, "_inotify_fd", None)
+        reader_alive = reader is None or not hasattr(reader, "is_alive") or reader.is_alive()
+        return bool(emitters) and all(e.is_alive() for e in emitters) and reader_alive
