@@ -17,6 +17,7 @@ import json
 import random
 import secrets
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -231,6 +232,12 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 128
     allow_reuse_address = True
     state: EmulatorState
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client hanging up mid-request (a killed ocrwatch, say) is routine, not a traceback."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, ConnectionError | TimeoutError):
+            super().handle_error(request, client_address)
 
 
 def _problem(

@@ -130,5 +130,7 @@ class FolderWatcher:
         # InotifyObserver reads the kernel queue in a thread of its own; if that thread dies no
         # event arrives again while everything else looks alive. (Private, hence the getattr.)
         reader = getattr(observer, "_inotify_fd", None)
-        reader_alive = reader is None or not hasattr(reader, "is_alive") or reader.is_alive()
+        reader_alive = (
+            reader is None or not hasattr(reader, "is_alive") or reader.is_alive()
+        )
         return bool(emitters) and all(e.is_alive() for e in emitters) and reader_alive

@@ -51,13 +51,13 @@ def daemon_thread(
 
 
 def spawn(config: Path, log: Path, **env: str) -> subprocess.Popen[bytes]:
-    handle = log.open("ab")
-    return subprocess.Popen(
-        [*OCRWATCH, "run", "-c", str(config)],
-        stdout=handle,
-        stderr=handle,
-        env=cli_env(**env),
-    )
+    with log.open("ab") as handle:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [*OCRWATCH, "run", "-c", str(config)],
+            stdout=handle,
+            stderr=handle,
+            env=cli_env(**env),
+        )
 
 
 def stop(
