@@ -366,7 +366,9 @@ class Daemon:
             if watcher.root not in self.missing:
                 self.missing.add(watcher.root)
                 log.warning(
-                    "watcher.folder_missing",
+                    "watcher.folder_missing"
+                    if not watcher.root.is_dir()
+                    else "watcher.start_failed",
                     path=str(watcher.root),
                     error=str(exc),
                     retry_every_s=SUPERVISE_EVERY_S,

@@ -1,0 +1,49 @@
+"""What ships beside the code works: the example config parses and `make demo`'s script completes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from ocrwatch.config import load_config
+
+from .conftest import cli_env
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_example_config_is_valid():
+    """config.example.yaml passes the same validation `check` applies."""
+    config = load_config(REPO / "config.example.yaml")
+
+    assert ["default", "invoices-de"] == list(config.profiles)
+    assert [False, True] == [f.polling for f in config.folders]
+
+
+def test_demo_submits_the_sample_images(tmp_path):
+    """The demo starts the emulator and the daemon and gets a GUID sidecar for every sample."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "examples" / "demo.py"),
+            "--once",
+            "--dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=cli_env(),
+        check=False,
+    )
+
+    samples = sorted(p.name for p in (REPO / "examples").glob("*.png"))
+    assert 0 == result.returncode, result.stderr[-2000:]
+    assert [s + ".guid" for s in samples] == sorted(
+        p.name for p in (tmp_path / "inbox").glob("*.guid")
+    )
+    assert (
+        "recognized text of scan-0001.png: Recognized by the ocrwatch emulator"
+        in result.stdout
+    )
