@@ -13,8 +13,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check ocrwatch tests benchmarks
-	$(BIN)/ruff check ocrwatch tests benchmarks
+	$(BIN)/ruff format --check ocrwatch tests benchmarks examples
+	$(BIN)/ruff check ocrwatch tests benchmarks examples
 	$(BIN)/mypy
 
 test: lint
@@ -24,7 +24,8 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run.py
+	cd benchmarks && for b in memory submit_throughput daemon_latency daemon_throughput catchup idle_cpu; do \
+		echo "== $$b"; ../$(BIN)/python $$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) demo

@@ -164,14 +164,20 @@ class Daemon:
         self.roots = list(self.folders)
         client = OcrClient(config.api, credentials, auth_retry_s=AUTH_RETRY_S)
         self.book = ProfileBook(config)
-        self.submitter = Submitter(client, self.book, self.journal, clock=self.clock)
+        self.submitter = Submitter(
+            client,
+            self.book,
+            self.journal,
+            clock=self.clock,
+            upload_slots=threading.BoundedSemaphore(config.api.concurrency),
+        )
 
     def _serve(self, config: Config, credentials: Credentials | None) -> int:
         self._apply(config, credentials)
         resumed = self.journal.resume(self.clock())
         self.pool = WorkerPool(
             self.journal,
-            config.api.concurrency,
+            2 * config.api.concurrency,  # half of them at most upload; see Submitter
             lambda: self.submitter,
             self._profile_for,
             self._on_result,

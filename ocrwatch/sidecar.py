@@ -65,7 +65,7 @@ def write_sidecar(original: Path, kind: Kind, text: str) -> Path:
             os.fsync(fd)
         finally:
             os.close(fd)
-        tmp.replace(target)
+        _publish(tmp, target)
         _fsync_dir(target.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -75,6 +75,23 @@ def write_sidecar(original: Path, kind: Kind, text: str) -> Path:
     with contextlib.suppress(FileNotFoundError):
         sidecar_path(original, other).unlink()
     return target
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Make the complete temporary file appear under its final name in one step.
+
+    A new sidecar is hard-linked into place and the temporary name removed: to an inotify
+    watcher that is a create, whereas a rename is a moved-from that watchdog holds back up to
+    0.5 s waiting for its moved-to, delaying every event queued behind it. Replacing an existing
+    sidecar, or a share without hard links, falls back to rename. Either way readers see no
+    sidecar or a complete one.
+    """
+    try:
+        os.link(tmp, target)
+    except OSError:
+        tmp.replace(target)
+    else:
+        tmp.unlink()
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -6,6 +6,8 @@ carrying the whole context, and, in the daemon, one journal transition.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -65,11 +67,15 @@ class Submitter:
         journal: Journal | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        upload_slots: threading.Semaphore | None = None,
     ) -> None:
         self.client = client
         self.book = book
         self.journal = journal
         self._clock = clock
+        # Caps uploads in flight at api.concurrency while more threads than that write sidecars
+        # and journal entries, so an fsync never leaves an upload slot idle.
+        self._upload_slots = upload_slots or contextlib.nullcontext()
 
     def send(self, path: Path, root: Path, profile: str) -> Result:
         """Submit one file and write its sidecar; the outcome says what happened."""
@@ -80,7 +86,8 @@ class Submitter:
             return Result(Outcome.HELD, path, profile, error=str(exc))
         profile = resolved.profile
         try:
-            sub = self.client.submit(path, resolved.settings)
+            with self._upload_slots:
+                sub = self.client.submit(path, resolved.settings)
         except RejectedError as exc:
             return self._reject(path, profile, str(exc))
         except FileChangedError as exc:

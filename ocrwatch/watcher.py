@@ -14,6 +14,13 @@ from typing import Final
 
 import structlog
 from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
     FileSystemMovedEvent,
@@ -25,6 +32,17 @@ from watchdog.observers.polling import PollingObserver
 log = structlog.get_logger()
 
 ACTIVITY_EVENTS: Final = frozenset({"created", "modified", "closed", "moved", "attrib"})
+# Asking inotify for only these keeps our own reads (open, close-without-write) off the wire:
+# every image we upload would otherwise come back as two events.
+EVENT_FILTER: Final = [
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+]
 Activity = Callable[[Path, bool], None]  # (path, is a folder that appeared)
 
 

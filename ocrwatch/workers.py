@@ -44,6 +44,9 @@ class WorkerPool:
         self._threads: list[threading.Thread] = []
         self._paused_until = 0.0
         self._busy = 0
+        self._generation = (
+            0  # bumped by wake(), so a wake between claim and wait is not lost
+        )
         self._busy_lock = threading.Lock()
 
     def start(self) -> None:
@@ -54,6 +57,7 @@ class WorkerPool:
 
     def wake(self) -> None:
         with self._wake:
+            self._generation += 1
             self._wake.notify_all()
 
     def resume_auth(self) -> None:
@@ -81,9 +85,10 @@ class WorkerPool:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
+            generation = self._generation
             job = None if self.paused else self._journal.claim(self._clock())
             if job is None:
-                self._idle()
+                self._idle(generation)
                 continue
             with self._busy_lock:
                 self._busy += 1
@@ -122,12 +127,12 @@ class WorkerPool:
             )
         self._on_result(result)
 
-    def _idle(self) -> None:
+    def _idle(self, generation: int) -> None:
         now = self._clock()
         if self.paused:
             wait = self._paused_until - now
         else:
             wait = self._journal.next_due_at() - now
         with self._wake:
-            if not self._stopping.is_set():
+            if not self._stopping.is_set() and generation == self._generation:
                 self._wake.wait(timeout=max(0.01, min(IDLE_WAIT_S, wait)))

@@ -1,0 +1,62 @@
+"""`ocrwatch run` on a burst of 2,000 small files, against the bare-requests ceiling (same run).
+
+The rate is taken from the sidecars' own mtimes (first to last), so the settle delay before the
+first file and the polling of this script do not count. Usage: python benchmarks/daemon_throughput.py [N]
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+from ceiling import bare_requests_rate
+from common import OCRWATCH, emulator, env, wait_for, write_config, write_images
+
+
+def main(n: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp, emulator() as url:
+        base = Path(tmp)
+        staged = write_images(base / "staged", n)
+        ceiling = bare_requests_rate(url, staged, threads=4)
+        inbox = base / "inbox"
+        inbox.mkdir()
+        config = write_config(
+            base / "config.yaml", url, [{"path": str(inbox), "settle_seconds": 0.5}]
+        )
+        with (base / "run.log").open("wb") as log:
+            proc = subprocess.Popen(
+                [*OCRWATCH, "run", "-c", str(config)], stdout=log, stderr=log, env=env()
+            )
+        wait_for(
+            lambda: b"rescan.finished" in (base / "run.log").read_bytes(),
+            30,
+            "daemon ready",
+        )
+        dropped = time.time()
+        for (
+            path
+        ) in staged:  # a burst: files appear complete, as a scanner's rename would
+            shutil.move(path, inbox / path.name)
+        wait_for(lambda: sum(1 for _ in inbox.glob("*.guid")) == n, 600, "all sidecars")
+        cpu = psutil.Process(proc.pid).cpu_times()
+        proc.terminate()
+        assert proc.wait(60) == 0
+        mtimes = sorted(p.stat().st_mtime_ns / 1e9 for p in inbox.glob("*.guid"))
+        rate = (n - 1) / (mtimes[-1] - mtimes[0])
+        print(f"bare requests, 4 threads: {ceiling:.0f} files/s")
+        print(
+            f"ocrwatch run, concurrency 4: {rate:.0f} files/s = {rate / ceiling:.2f}x ceiling "
+            f"(drop to last sidecar {mtimes[-1] - dropped:.2f}s incl. 0.5s settle, {n} files)"
+        )
+        print(
+            f"daemon CPU: user {cpu.user:.2f}s system {cpu.system:.2f}s = {(cpu.user + cpu.system) / n * 1000:.2f} ms/file"
+        )
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 2000)
