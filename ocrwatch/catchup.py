@@ -56,9 +56,9 @@ def scan_folder(
         if should_stop():
             break
         seen += len(batch)
-        known = journal.lookup(f.path for f in batch)
+        known = journal.lookup(f.key for f in batch)
         for item in batch:
-            if needs_submission(item, known.get(item.path)):
+            if needs_submission(item, known.get(item.key)):
                 found += 1
                 emit(item)
     return ScanReport(root, seen, found)

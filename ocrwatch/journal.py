@@ -166,9 +166,12 @@ class Journal:
                 )
             return False
 
-    def lookup(self, paths: Iterable[Path]) -> dict[Path, tuple[int, int, str]]:
-        """(size, mtime_ns, state) for each known path, in batches (the catch-up scan's hot path)."""
-        found: dict[Path, tuple[int, int, str]] = {}
+    def lookup(self, paths: Iterable[str | Path]) -> dict[str, tuple[int, int, str]]:
+        """(size, mtime_ns, state) for each known path, keyed by its string, in batches.
+
+        This is the catch-up scan's hot path, hence strings rather than Path objects.
+        """
+        found: dict[str, tuple[int, int, str]] = {}
         batch: list[str] = []
         for path in paths:
             batch.append(str(path))
@@ -180,14 +183,14 @@ class Journal:
         return found
 
     def _lookup_batch(
-        self, batch: list[str], found: dict[Path, tuple[int, int, str]]
+        self, batch: list[str], found: dict[str, tuple[int, int, str]]
     ) -> None:
         marks = ",".join("?" * len(batch))
         for path, size, mtime_ns, state in self._query(
             f"SELECT path, size, mtime_ns, state FROM files WHERE path IN ({marks})",
             batch,
         ):
-            found[Path(path)] = (size, mtime_ns, state)
+            found[path] = (size, mtime_ns, state)
 
     def claim(self, now: float) -> Job | None:
         """Take the next due file for submission, or None if nothing is due."""

@@ -8,7 +8,9 @@ files inside a watched root, and never into directories, so a link cannot escape
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
+import re
 import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,13 +35,46 @@ IGNORED_NAMES: Final = (
 IGNORED_DIRS: Final = ("@eaDir", "#recycle", ".stfolder", ".stversions", ".Trash*")
 
 
-def _matches(name: str, patterns: Iterable[str]) -> bool:
-    lowered = name.lower()
-    return any(fnmatch.fnmatchcase(lowered, p.lower()) for p in patterns)
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """Include/exclude patterns compiled once into case-insensitive regexes (the scan's hot path)."""
+
+    include: re.Pattern[str]
+    exclude: re.Pattern[str]
+    ignored_names: re.Pattern[str]
+    ignored_dirs: re.Pattern[str]
+
+    def is_ignored_dir(self, name: str) -> bool:
+        return bool(self.ignored_dirs.match(name) or self.exclude.match(name))
+
+    def accepts(self, name: str, rel: str) -> bool:
+        """By name and root-relative path alone; the folders above are checked by the caller."""
+        if (
+            self.ignored_names.match(name)
+            or self.exclude.match(name)
+            or self.exclude.match(rel)
+        ):
+            return False
+        return bool(self.include.match(name) or self.include.match(rel))
+
+
+def _compile(patterns: Iterable[str]) -> re.Pattern[str]:
+    parts = [fnmatch.translate(p) for p in patterns]
+    return re.compile("|".join(parts) if parts else "(?!)", re.IGNORECASE | re.DOTALL)
+
+
+@functools.lru_cache(maxsize=64)
+def rules_for(include: tuple[str, ...], exclude: tuple[str, ...]) -> Rules:
+    return Rules(
+        _compile(include),
+        _compile(exclude),
+        _compile(IGNORED_NAMES),
+        _compile(IGNORED_DIRS),
+    )
 
 
 def is_ignored_dir(name: str, exclude: Sequence[str]) -> bool:
-    return _matches(name, IGNORED_DIRS) or _matches(name, exclude)
+    return rules_for((), tuple(exclude)).is_ignored_dir(name)
 
 
 def is_candidate(
@@ -48,17 +83,11 @@ def is_candidate(
     """Should the file at `relpath` (relative to its watched root) be submitted, by name alone?"""
     if not relpath.parts or relpath.is_absolute() or ".." in relpath.parts:
         return False
+    rules = rules_for(tuple(include), tuple(exclude))
     *dirs, name = relpath.parts
-    if any(is_ignored_dir(d, exclude) for d in dirs):
+    if any(rules.is_ignored_dir(d) for d in dirs):
         return False
-    rel = relpath.as_posix()
-    if (
-        _matches(name, IGNORED_NAMES)
-        or _matches(name, exclude)
-        or _matches(rel, exclude)
-    ):
-        return False
-    return _matches(name, include) or _matches(rel, include)
+    return rules.accepts(name, relpath.as_posix())
 
 
 def is_within(path: Path, roots: Iterable[Path]) -> bool:
@@ -81,12 +110,19 @@ def regular_file_stat(path: Path, roots: Iterable[Path]) -> os.stat_result | Non
 
 @dataclass(frozen=True, slots=True)
 class Found:
-    """A candidate seen by the walk, with its sidecar's mtime if it has one."""
+    """A candidate seen by the walk, with its sidecar's mtime if it has one.
 
-    path: Path
+    The path is kept as a string: building 100k Path objects was most of a catch-up scan's time.
+    """
+
+    key: str
     size: int
     mtime_ns: int
     sidecar_mtime_ns: int | None
+
+    @property
+    def path(self) -> Path:
+        return Path(self.key)
 
 
 def walk_candidates(
@@ -98,6 +134,8 @@ def walk_candidates(
     roots: Sequence[Path],
 ) -> Iterator[list[Found]]:
     """Yield the candidates of each folder under `root`, one list per folder, with os.scandir."""
+    rules = rules_for(tuple(include), tuple(exclude))
+    prefix = len(str(root).rstrip("/")) + 1
     pending = [root]
     while pending:
         directory = pending.pop()
@@ -109,16 +147,16 @@ def walk_candidates(
         names = {e.name: e for e in entries}
         found: list[Found] = []
         for entry in entries:
-            path = Path(entry.path)
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    if recursive and not is_ignored_dir(entry.name, exclude):
-                        pending.append(path)
+                    if recursive and not rules.is_ignored_dir(entry.name):
+                        pending.append(Path(entry.path))
                     continue
             except OSError:
                 continue
-            if not is_candidate(path.relative_to(root), include, exclude):
+            if not rules.accepts(entry.name, entry.path[prefix:]):
                 continue
+            path = Path(entry.path)
             st = (
                 regular_file_stat(path, roots)
                 if entry.is_symlink()
@@ -128,7 +166,10 @@ def walk_candidates(
                 continue
             found.append(
                 Found(
-                    path, st.st_size, st.st_mtime_ns, _sidecar_mtime(names, entry.name)
+                    entry.path,
+                    st.st_size,
+                    st.st_mtime_ns,
+                    _sidecar_mtime(names, entry.name),
                 )
             )
         if found:

@@ -80,7 +80,7 @@ class TestSettle:
 
 class TestCatchUpDecision:
     def found(self, size=10, mtime=100, sidecar=None):
-        return Found(P, size, mtime, sidecar)
+        return Found(str(P), size, mtime, sidecar)
 
     @pytest.mark.parametrize(
         ("found", "known", "expected"),
@@ -192,7 +192,7 @@ class TestJournal:
         known = journal.lookup([*paths, Path("/in/unknown.png")])
 
         assert 1200 == len(known)
-        assert (7, 7, "queued") == known[Path("/in/7.png")]
+        assert (7, 7, "queued") == known["/in/7.png"]
 
     def test_schema_version_is_recorded_and_newer_is_refused(self, tmp_path):
         """The journal carries its schema version; one from a newer ocrwatch is refused clearly."""

@@ -1,0 +1,41 @@
+"""Idle CPU of `ocrwatch run` watching 1,000 subfolders with inotify, over 60 s with nothing arriving.
+
+Usage: python benchmarks/idle_cpu.py [SECONDS]
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+from common import OCRWATCH, emulator, env, wait_for, write_config
+
+
+def main(seconds: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp, emulator() as url:
+        base = Path(tmp)
+        inbox = base / "inbox"
+        for i in range(1000):
+            (inbox / f"dept-{i // 100:02d}" / f"desk-{i:04d}").mkdir(parents=True)
+        config = write_config(base / "config.yaml", url, [{"path": str(inbox)}])
+        log = base / "run.log"
+        with log.open("wb") as handle:
+            proc = subprocess.Popen([*OCRWATCH, "run", "-c", str(config)], stdout=handle, stderr=handle, env=env())
+        wait_for(lambda: b"rescan.finished" in log.read_bytes(), 30, "daemon ready")
+        time.sleep(2)  # let start-up settle before measuring
+        daemon = psutil.Process(proc.pid)
+        before = daemon.cpu_times()
+        time.sleep(seconds)
+        after = daemon.cpu_times()
+        proc.terminate()
+        assert proc.wait(60) == 0
+        used = (after.user - before.user) + (after.system - before.system)
+        print(f"1010 folders watched (inotify), {seconds:.0f}s idle: {used:.3f}s CPU = {used / seconds * 100:.2f}% of one core (target <= 1%)")
+
+
+if __name__ == "__main__":
+    main(float(sys.argv[1]) if len(sys.argv) > 1 else 60.0)
