@@ -41,6 +41,7 @@ from ocrwatch.selection import (
     walk_candidates,
 )
 from ocrwatch.settle import Look, SettleTracker, Verdict
+from ocrwatch.sidecar import is_sidecar_name
 from ocrwatch.submitter import Outcome, Result, Submitter
 from ocrwatch.watcher import FolderWatcher
 from ocrwatch.workers import AUTH_RETRY_S, WorkerPool
@@ -177,7 +178,7 @@ class Daemon:
         resumed = self.journal.resume(self.clock())
         self.pool = WorkerPool(
             self.journal,
-            2 * config.api.concurrency,  # half of them at most upload; see Submitter
+            config.api.concurrency + 2,  # at most `concurrency` upload; see Submitter
             lambda: self.submitter,
             self._profile_for,
             self._on_result,
@@ -264,8 +265,8 @@ class Daemon:
 
     def _on_event(self, event: Event, now: float) -> None:
         folder = self.folders.get(event.root)
-        if folder is None:
-            return
+        if folder is None or is_sidecar_name(event.path.name):
+            return  # most events under load are our own sidecars appearing
         if event.path.name == OVERRIDE_NAME:
             self.book.invalidate(event.path)
             released = self.journal.release_held(event.path.parent, now)

@@ -1,12 +1,14 @@
 """Sidecar files next to the originals: `<name>.guid` on success, `<name>.error` on rejection.
 
-Written atomically: a temporary file in the original's folder, fsync, rename, fsync the folder.
+Written atomically: a temporary file in the original's folder, fsync, then made visible under its
+name in one step (link of an O_TMPFILE where the filesystem has it, else rename), fsync the folder.
 Accepted risk: on SMB/NFS shares rename atomicity and directory fsync are up to the server.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from enum import StrEnum
@@ -52,8 +54,54 @@ def existing_sidecar(original: Path) -> tuple[Kind, int] | None:
 def write_sidecar(original: Path, kind: Kind, text: str) -> Path:
     """Write `text` and a newline atomically, and remove the other kind if present."""
     target = sidecar_path(original, kind)
-    tmp = target.with_name(f"{TMP_PREFIX}{secrets.token_hex(6)}-{target.name}")
     data = (" ".join(text.split()) + "\n").encode("utf-8")
+    try:
+        if not _write_anonymous(target, data):
+            _write_named(target, data)
+        _fsync_dir(target.parent)
+    except OSError as exc:
+        raise SidecarError(f"cannot write {target}: {exc.strerror}") from None
+    other = Kind.ERROR if kind is Kind.GUID else Kind.GUID
+    with contextlib.suppress(FileNotFoundError):
+        sidecar_path(original, other).unlink()
+    return target
+
+
+def _write_anonymous(target: Path, data: bytes) -> bool:
+    """Write an unnamed temporary file in the folder (O_TMPFILE), fsync it, then link it in.
+
+    The file has no name until it is complete, so a watcher sees one create event instead of
+    five, and a crash leaves nothing behind. False where the filesystem cannot do this (many
+    network shares) or the sidecar already exists (a link cannot replace it).
+    """
+    tmpfile = getattr(os, "O_TMPFILE", None)
+    if tmpfile is None or target.exists():
+        return False
+    try:
+        fd = os.open(
+            target.parent, tmpfile | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o644
+        )
+    except OSError:
+        return False
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+        try:
+            os.link(f"/proc/self/fd/{fd}", target)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.EPERM, errno.EXDEV, errno.EOPNOTSUPP):
+                return False  # no /proc, or no hard links here: use the named way
+            raise
+    finally:
+        os.close(fd)
+    return True
+
+
+def _write_named(target: Path, data: bytes) -> None:
+    """A named temporary file in the same folder, fsync, then rename over the target."""
+    tmp = target.with_name(f"{TMP_PREFIX}{secrets.token_hex(6)}-{target.name}")
     try:
         fd = os.open(
             tmp,
@@ -65,33 +113,11 @@ def write_sidecar(original: Path, kind: Kind, text: str) -> Path:
             os.fsync(fd)
         finally:
             os.close(fd)
-        _publish(tmp, target)
-        _fsync_dir(target.parent)
-    except OSError as exc:
+        tmp.replace(target)
+    except OSError:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise SidecarError(f"cannot write {target}: {exc.strerror}") from None
-    other = Kind.ERROR if kind is Kind.GUID else Kind.GUID
-    with contextlib.suppress(FileNotFoundError):
-        sidecar_path(original, other).unlink()
-    return target
-
-
-def _publish(tmp: Path, target: Path) -> None:
-    """Make the complete temporary file appear under its final name in one step.
-
-    A new sidecar is hard-linked into place and the temporary name removed: to an inotify
-    watcher that is a create, whereas a rename is a moved-from that watchdog holds back up to
-    0.5 s waiting for its moved-to, delaying every event queued behind it. Replacing an existing
-    sidecar, or a share without hard links, falls back to rename. Either way readers see no
-    sidecar or a complete one.
-    """
-    try:
-        os.link(tmp, target)
-    except OSError:
-        tmp.replace(target)
-    else:
-        tmp.unlink()
+        raise
 
 
 def _fsync_dir(directory: Path) -> None:
