@@ -7,6 +7,7 @@ scanners close and reopen a file between pages.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -48,10 +49,15 @@ def is_settled(
 
 
 class SettleTracker:
-    """Files seen active but not yet settled. Not thread-safe: the daemon's main loop owns it."""
+    """Files seen active but not yet settled. Not thread-safe: the daemon's main loop owns it.
+
+    A heap of due times keeps each loop of the daemon O(log n) in a burst of thousands of files;
+    entries made stale by later activity are skipped when they surface.
+    """
 
     def __init__(self) -> None:
         self._pending: dict[Path, _Pending] = {}
+        self._heap: list[tuple[float, Path]] = []
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -72,21 +78,26 @@ class SettleTracker:
                 look,
                 settle_s,
             )
+        heapq.heappush(self._heap, (now + settle_s, path))
 
     def due(self, now: float) -> list[tuple[Path, Path]]:
-        """(path, root) of files whose quiet period is over, to be looked at again."""
-        return [
-            (p, e.root)
-            for p, e in self._pending.items()
-            if now - e.last_activity >= e.settle_s
-        ]
+        """(path, root) of files whose quiet period is over. Pass each one to `confirm()`."""
+        found: dict[Path, Path] = {}
+        while self._heap and self._heap[0][0] <= now:
+            when, path = heapq.heappop(self._heap)
+            pending = self._pending.get(path)
+            if pending is not None and pending.last_activity + pending.settle_s == when:
+                found[path] = pending.root
+        return list(found.items())
 
     def next_due_in(self, now: float) -> float | None:
-        if not self._pending:
-            return None
-        return max(
-            0.0, min(e.last_activity + e.settle_s for e in self._pending.values()) - now
-        )
+        while self._heap:
+            when, path = self._heap[0]
+            pending = self._pending.get(path)
+            if pending is not None and pending.last_activity + pending.settle_s == when:
+                return max(0.0, when - now)
+            heapq.heappop(self._heap)  # stale: superseded by later activity, or settled
+        return None
 
     def confirm(self, path: Path, look: Look | None, now: float) -> Verdict:
         """Decide a due file from a fresh look: settled (and forgotten), wait longer, or gone."""
@@ -103,6 +114,7 @@ class SettleTracker:
             return Verdict.SETTLED
         # It changed since the last look without an event (or events are polled): wait again.
         pending.last_activity, pending.last_look = now, look
+        heapq.heappush(self._heap, (now + pending.settle_s, path))
         return Verdict.WAIT
 
     def forget(self, path: Path) -> None:

@@ -86,14 +86,24 @@ def _write_anonymous(target: Path, data: bytes) -> bool:
     try:
         os.write(fd, data)
         os.fsync(fd)
+        # With dst_dir_fd, CPython calls linkat(AT_SYMLINK_FOLLOW), which links the open inode;
+        # plain os.link() would try to hard-link the /proc symlink itself (EXDEV).
+        dir_fd = os.open(target.parent, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
-            os.link(f"/proc/self/fd/{fd}", target)
+            os.link(
+                f"/proc/self/fd/{fd}",
+                target.name,
+                dst_dir_fd=dir_fd,
+                follow_symlinks=True,
+            )
         except FileExistsError:
             return False
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.EPERM, errno.EXDEV, errno.EOPNOTSUPP):
                 return False  # no /proc, or no hard links here: use the named way
             raise
+        finally:
+            os.close(dir_fd)
     finally:
         os.close(fd)
     return True

@@ -125,3 +125,37 @@ def test_kill_9_during_writes_leaves_no_partial_sidecar(tmp_path):
     assert len(leftovers) <= 1
     bad = [p.name for p in sidecars if not GUID_LINE.match(p.read_text())]
     assert [] == bad
+
+
+def test_new_sidecar_appears_without_a_visible_temporary_name(tmp_path):
+    """Where the filesystem has O_TMPFILE, a watcher sees the sidecar appear complete, and no temp name."""
+    from watchdog.events import FileSystemEventHandler
+    from watchdog.observers import Observer
+
+    from .conftest import wait_until
+
+    seen: list[str] = []
+
+    class Record(FileSystemEventHandler):
+        def on_any_event(self, event):
+            seen.append(str(event.src_path))
+
+    observer = Observer()
+    observer.schedule(Record(), str(tmp_path))
+    observer.start()
+    try:
+        write_sidecar(
+            tmp_path / "a.png", Kind.GUID, "a197aade-bba9-4c7a-92c7-46851b3dceaa"
+        )
+        wait_until(
+            lambda: any(p.endswith("a.png.guid") for p in seen), 5, "sidecar event"
+        )
+    finally:
+        observer.stop()
+        observer.join()
+
+    assert [] == [p for p in seen if ".ocrwatch-tmp-" in p]
+    assert (
+        "a197aade-bba9-4c7a-92c7-46851b3dceaa\n"
+        == (tmp_path / "a.png.guid").read_text()
+    )
