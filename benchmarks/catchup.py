@@ -30,7 +30,9 @@ def populate(inbox: Path, n: int) -> list[Path]:
             folder.mkdir(parents=True)
         path = folder / f"scan-{i:06d}.png"
         path.write_bytes(data)
-        (folder / f"scan-{i:06d}.png.guid").write_text("a197aade-bba9-4c7a-92c7-46851b3dceaa\n")
+        (folder / f"scan-{i:06d}.png.guid").write_text(
+            "a197aade-bba9-4c7a-92c7-46851b3dceaa\n"
+        )
         paths.append(path)
     return paths
 
@@ -41,7 +43,19 @@ def seed_journal(state: Path, inbox: Path, paths: list[Path]) -> None:
     rows = []
     for p in paths:
         st = p.stat()
-        rows.append((str(p), str(inbox), st.st_size, st.st_mtime_ns, "submitted", "a197aade-bba9-4c7a-92c7-46851b3dceaa", 1, 0.0, 0.0))
+        rows.append(
+            (
+                str(p),
+                str(inbox),
+                st.st_size,
+                st.st_mtime_ns,
+                "submitted",
+                "a197aade-bba9-4c7a-92c7-46851b3dceaa",
+                1,
+                0.0,
+                0.0,
+            )
+        )
     db.executemany(
         "INSERT INTO files(path, root, size, mtime_ns, state, guid, attempts, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
         rows,
@@ -54,17 +68,28 @@ def time_ready(base: Path, config: Path, label: str) -> None:
     log = base / f"run-{label}.log"
     started = time.time()
     with log.open("wb") as handle:
-        proc = subprocess.Popen([*OCRWATCH, "run", "-c", str(config)], stdout=handle, stderr=handle, env=env())
+        proc = subprocess.Popen(
+            [*OCRWATCH, "run", "-c", str(config)],
+            stdout=handle,
+            stderr=handle,
+            env=env(),
+        )
     wait_for(lambda: b"rescan.finished" in log.read_bytes(), 120, "scan finished")
     ready = time.time()
     time.sleep(1.0)  # let anything wrongly queued reach the emulator before we count
     proc.terminate()
     assert proc.wait(60) == 0
-    events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    events = [
+        json.loads(line)
+        for line in log.read_text().splitlines()
+        if line.startswith("{")
+    ]
     scan = next(e for e in events if e["event"] == "rescan.finished")
     submitted = sum(1 for e in events if e["event"] == "job.submitted")
-    print(f"{label}: ready {ready - started:.2f}s after start (scan itself {scan['duration_ms']} ms), "
-          f"seen {scan['seen']}, found {scan['found']}, submitted {submitted}")
+    print(
+        f"{label}: ready {ready - started:.2f}s after start (scan itself {scan['duration_ms']} ms), "
+        f"seen {scan['seen']}, found {scan['found']}, submitted {submitted}"
+    )
 
 
 def main(n: int) -> None:

@@ -24,7 +24,12 @@ def main(seconds: float) -> None:
         config = write_config(base / "config.yaml", url, [{"path": str(inbox)}])
         log = base / "run.log"
         with log.open("wb") as handle:
-            proc = subprocess.Popen([*OCRWATCH, "run", "-c", str(config)], stdout=handle, stderr=handle, env=env())
+            proc = subprocess.Popen(
+                [*OCRWATCH, "run", "-c", str(config)],
+                stdout=handle,
+                stderr=handle,
+                env=env(),
+            )
         wait_for(lambda: b"rescan.finished" in log.read_bytes(), 30, "daemon ready")
         time.sleep(2)  # let start-up settle before measuring
         daemon = psutil.Process(proc.pid)
@@ -34,7 +39,9 @@ def main(seconds: float) -> None:
         proc.terminate()
         assert proc.wait(60) == 0
         used = (after.user - before.user) + (after.system - before.system)
-        print(f"1010 folders watched (inotify), {seconds:.0f}s idle: {used:.3f}s CPU = {used / seconds * 100:.2f}% of one core (target <= 1%)")
+        print(
+            f"1010 folders watched (inotify), {seconds:.0f}s idle: {used:.3f}s CPU = {used / seconds * 100:.2f}% of one core (target <= 1%)"
+        )
 
 
 if __name__ == "__main__":
