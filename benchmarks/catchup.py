@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import OCRWATCH, emulator, env, wait_for, write_config
+from common import emulator, start_daemon, write_config
 
 from ocrwatch.journal import Journal
 from tests.images import png_bytes
@@ -67,14 +66,7 @@ def seed_journal(state: Path, inbox: Path, paths: list[Path]) -> None:
 def time_ready(base: Path, config: Path, label: str) -> None:
     log = base / f"run-{label}.log"
     started = time.time()
-    with log.open("wb") as handle:
-        proc = subprocess.Popen(
-            [*OCRWATCH, "run", "-c", str(config)],
-            stdout=handle,
-            stderr=handle,
-            env=env(),
-        )
-    wait_for(lambda: b"rescan.finished" in log.read_bytes(), 120, "scan finished")
+    proc = start_daemon(config, log)
     ready = time.time()
     time.sleep(1.0)  # let anything wrongly queued reach the emulator before we count
     proc.terminate()

@@ -50,6 +50,21 @@ def emulator(*extra: str) -> Iterator[str]:
         proc.stdout.close()
 
 
+def start_daemon(
+    config: Path, log: Path, timeout_s: float = 120
+) -> subprocess.Popen[bytes]:
+    """`ocrwatch run` in its own process, returned once its first catch-up scan is done."""
+    with log.open("wb") as handle:
+        proc = subprocess.Popen(
+            [*OCRWATCH, "run", "-c", str(config)],
+            stdout=handle,
+            stderr=handle,
+            env=env(),
+        )
+    wait_for(lambda: b"rescan.finished" in log.read_bytes(), timeout_s, "daemon ready")
+    return proc
+
+
 def write_images(folder: Path, n: int, start: int = 0) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -7,17 +7,15 @@ count. Overhead = sidecar mtime - arrival - settle_seconds. Usage: python benchm
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from common import (
-    OCRWATCH,
     emulator,
-    env,
     percentile,
+    start_daemon,
     summary,
     wait_for,
     write_config,
@@ -39,15 +37,7 @@ def main(n: int) -> None:
             url,
             [{"path": str(inbox), "settle_seconds": SETTLE_S}],
         )
-        with (base / "run.log").open("wb") as log:
-            proc = subprocess.Popen(
-                [*OCRWATCH, "run", "-c", str(config)], stdout=log, stderr=log, env=env()
-            )
-        wait_for(
-            lambda: b"rescan.finished" in (base / "run.log").read_bytes(),
-            30,
-            "daemon ready",
-        )
+        proc = start_daemon(config, base / "run.log")
         arrived: dict[str, float] = {}
         start = time.monotonic()
         for i, path in enumerate(staged):

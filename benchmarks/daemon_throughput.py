@@ -7,7 +7,6 @@ first file and the polling of this script do not count. Usage: python benchmarks
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import psutil
 from ceiling import bare_requests_rate
-from common import OCRWATCH, emulator, env, wait_for, write_config, write_images
+from common import emulator, start_daemon, wait_for, write_config, write_images
 
 
 def main(n: int) -> None:
@@ -28,15 +27,7 @@ def main(n: int) -> None:
         config = write_config(
             base / "config.yaml", url, [{"path": str(inbox), "settle_seconds": 0.5}]
         )
-        with (base / "run.log").open("wb") as log:
-            proc = subprocess.Popen(
-                [*OCRWATCH, "run", "-c", str(config)], stdout=log, stderr=log, env=env()
-            )
-        wait_for(
-            lambda: b"rescan.finished" in (base / "run.log").read_bytes(),
-            30,
-            "daemon ready",
-        )
+        proc = start_daemon(config, base / "run.log")
         dropped = time.time()
         for (
             path

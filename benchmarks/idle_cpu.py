@@ -5,14 +5,13 @@ Usage: python benchmarks/idle_cpu.py [SECONDS]
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import psutil
-from common import OCRWATCH, emulator, env, wait_for, write_config
+from common import emulator, start_daemon, write_config
 
 
 def main(seconds: float) -> None:
@@ -23,14 +22,7 @@ def main(seconds: float) -> None:
             (inbox / f"dept-{i // 100:02d}" / f"desk-{i:04d}").mkdir(parents=True)
         config = write_config(base / "config.yaml", url, [{"path": str(inbox)}])
         log = base / "run.log"
-        with log.open("wb") as handle:
-            proc = subprocess.Popen(
-                [*OCRWATCH, "run", "-c", str(config)],
-                stdout=handle,
-                stderr=handle,
-                env=env(),
-            )
-        wait_for(lambda: b"rescan.finished" in log.read_bytes(), 30, "daemon ready")
+        proc = start_daemon(config, log)
         time.sleep(2)  # let start-up settle before measuring
         daemon = psutil.Process(proc.pid)
         before = daemon.cpu_times()

@@ -28,6 +28,7 @@ from pydantic import (
     StrictBool,
     StrictInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
@@ -37,6 +38,7 @@ from ocrwatch.settings import (
     DSR_MODES,
     LANGUAGES,
     RESULT_TYPES,
+    WIRE_NAMES,
     Settings,
     check_choice,
     nearest,
@@ -59,6 +61,13 @@ DEFAULT_EXCLUDE: Final = (".*", "*.tmp", "*.part", "~$*")
 SECRET_ENV: Final = "OCRWATCH_CLIENT_SECRET"
 CLIENT_ID_ENV: Final = "OCRWATCH_CLIENT_ID"
 CREDENTIAL_NAME: Final = "client_secret"
+
+ENUMS: Final[dict[str, tuple[str, ...]]] = {
+    "language": LANGUAGES,
+    "dsr_mode": DSR_MODES,
+    "dsr_confidence": DSR_CONFIDENCES,
+    "result_type": RESULT_TYPES,
+}
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
@@ -150,25 +159,16 @@ class SettingsSpec(Model):
         None, alias="Rotate", validation_alias=AliasChoices("Rotate", "rotate")
     )
 
-    @field_validator("language")
+    @field_validator("language", "dsr_mode", "dsr_confidence", "result_type")
     @classmethod
-    def _language(cls, v: str | None) -> str | None:
-        return None if v is None else check_choice(v, LANGUAGES, "language")
-
-    @field_validator("dsr_mode")
-    @classmethod
-    def _dsr_mode(cls, v: str | None) -> str | None:
-        return None if v is None else check_choice(v, DSR_MODES, "dsrMode")
-
-    @field_validator("dsr_confidence")
-    @classmethod
-    def _dsr_confidence(cls, v: str | None) -> str | None:
-        return None if v is None else check_choice(v, DSR_CONFIDENCES, "dsrConfidence")
-
-    @field_validator("result_type")
-    @classmethod
-    def _result_type(cls, v: str | None) -> str | None:
-        return None if v is None else check_choice(v, RESULT_TYPES, "resultType")
+    def _enum(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """The API's enums are case-sensitive; a near miss names the valid spelling."""
+        choices = ENUMS[str(info.field_name)]
+        return (
+            None
+            if v is None
+            else check_choice(v, choices, WIRE_NAMES[str(info.field_name)])
+        )
 
     @field_validator("rotate")
     @classmethod

@@ -115,16 +115,20 @@ class WorkerPool:
                 if result.retry_after_s is not None
                 else AUTH_RETRY_S
             )
-            if not self.paused:
+            with (
+                self._busy_lock
+            ):  # several workers may hit the refusal at once: one log line
+                was_paused = self.paused
+                self._paused_until = max(
+                    self._paused_until, self._clock() + min(wait, AUTH_RETRY_S * 10)
+                )
+            if not was_paused:
                 log.error(
                     "auth.refused",
                     error=result.error,
                     retry_in_s=round(wait),
                     queued_files_kept=True,
                 )
-            self._paused_until = max(
-                self._paused_until, self._clock() + min(wait, AUTH_RETRY_S * 10)
-            )
         self._on_result(result)
 
     def _idle(self, generation: int) -> None:

@@ -37,6 +37,19 @@ def _reset_logging() -> Iterator[None]:
     structlog.reset_defaults()
 
 
+@pytest.fixture(autouse=True)
+def _no_leftover_daemons() -> Iterator[None]:
+    """A failed assertion must not leave an `ocrwatch run` behind."""
+    from .daemon_harness import SPAWNED
+
+    yield
+    while SPAWNED:
+        proc = SPAWNED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 @pytest.fixture
 def emulator() -> Iterator[Emulator]:
     with Emulator(client_id=CLIENT_ID, client_secret=SECRET, seed=1) as emu:

@@ -50,14 +50,31 @@ def daemon_thread(
         assert [0] == result, f"daemon did not stop cleanly: {result}"
 
 
-def spawn(config: Path, log: Path, **env: str) -> subprocess.Popen[bytes]:
+SPAWNED: list[
+    subprocess.Popen[bytes]
+] = []  # killed by conftest after each test, pass or fail
+
+
+def spawn(
+    config: Path, log: Path, *, wait_started: bool = False, **env: str
+) -> subprocess.Popen[bytes]:
+    """`ocrwatch run` as a subprocess logging to `log`; optionally wait for daemon.started."""
+    before = log.read_bytes().count(b"daemon.started") if log.exists() else 0
     with log.open("ab") as handle:  # the child keeps its own descriptor
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [*OCRWATCH, "run", "-c", str(config)],
             stdout=handle,
             stderr=handle,
             env=cli_env(**env),
         )
+    SPAWNED.append(proc)
+    if wait_started:
+        wait_until(
+            lambda: log.read_bytes().count(b"daemon.started") > before,
+            15,
+            "daemon started",
+        )
+    return proc
 
 
 def stop(

@@ -27,8 +27,7 @@ def test_kill_9_mid_burst_loses_nothing_and_duplicates_only_in_flight(tmp_path, 
             [{"path": str(inbox), "settle_seconds": 0.2}],
         )
         log = tmp_path / "run.log"
-        proc = spawn(config, log)
-        wait_until(lambda: b"daemon.started" in log.read_bytes(), 15, "daemon started")
+        proc = spawn(config, log, wait_started=True)
         for i in range(300):
             write_png(inbox / f"b{i % 5}" / f"scan-{i:04d}.png", i)
         wait_until(lambda: len(emulator.submissions()) >= 60, 60, "burst under way")
@@ -67,8 +66,7 @@ def test_sigterm_mid_burst_exits_0_and_restart_finishes(tmp_path, inbox):
             shutdown_timeout=5,
         )
         log = tmp_path / "run.log"
-        proc = spawn(config, log)
-        wait_until(lambda: b"daemon.started" in log.read_bytes(), 15, "daemon started")
+        proc = spawn(config, log, wait_started=True)
         for i in range(150):
             write_png(inbox / f"scan-{i:04d}.png", i)
         wait_until(lambda: len(emulator.submissions()) >= 20, 30, "burst under way")
@@ -100,8 +98,7 @@ def test_sighup_adds_a_new_folder(tmp_path, inbox, emulator):
         [{"path": str(inbox), "settle_seconds": 0.2}],
     )
     log = tmp_path / "run.log"
-    proc = spawn(config, log)
-    wait_until(lambda: b"daemon.started" in log.read_bytes(), 15, "daemon started")
+    proc = spawn(config, log, wait_started=True)
     write_png(second / "before-reload.png", 1)
 
     data = yaml.safe_load(config.read_text())
@@ -129,8 +126,7 @@ def test_invalid_config_on_sighup_keeps_the_old_one(tmp_path, inbox, emulator):
         [{"path": str(inbox), "settle_seconds": 0.2}],
     )
     log = tmp_path / "run.log"
-    proc = spawn(config, log)
-    wait_until(lambda: b"daemon.started" in log.read_bytes(), 15, "daemon started")
+    proc = spawn(config, log, wait_started=True)
     good = config.read_text()
 
     config.write_text(good.replace("settle_seconds", "setle_seconds"))
@@ -161,8 +157,7 @@ def test_bad_credentials_pause_without_failing_then_sighup_fixes(
         api={"client_secret": "wrong-secret"},
     )
     log = tmp_path / "run.log"
-    proc = spawn(config, log)
-    wait_until(lambda: b"daemon.started" in log.read_bytes(), 15, "daemon started")
+    proc = spawn(config, log, wait_started=True)
     for i in range(5):
         write_png(inbox / f"s{i}.png", i)
     state = tmp_path / "state"
@@ -187,6 +182,8 @@ def test_bad_credentials_pause_without_failing_then_sighup_fixes(
     wait_until(lambda: len(sidecars(inbox)) == 5, 15, "all through after the fix")
     assert 0 == stop(proc)
     assert b"wrong-secret" not in log.read_bytes()
+    assert emulator.issued_tokens()
+    assert not [t for t in emulator.issued_tokens() if t.encode() in log.read_bytes()]
     assert b"s3cr3t-Sentinel-7f1c2a" not in log.read_bytes()
 
 
