@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import queue
 import signal
 import threading
@@ -73,6 +74,16 @@ class _Flags:
 
     stop = False
     reload = False
+
+
+def is_readable(path: Path) -> bool:
+    """The readiness check: can we open it read-only right now? Never opened for writing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    os.close(fd)
+    return True
 
 
 @contextlib.contextmanager
@@ -323,7 +334,11 @@ class Daemon:
         for path, root in self.tracker.due(now):
             st = regular_file_stat(path, self.roots)
             look = None if st is None else Look(st.st_size, st.st_mtime_ns)
-            settled = self.tracker.confirm(path, look, now) is Verdict.SETTLED
+            readable = look is not None and is_readable(path)
+            settled = (
+                self.tracker.confirm(path, look, now, readable=readable)
+                is Verdict.SETTLED
+            )
             if (
                 settled
                 and look is not None

@@ -11,6 +11,7 @@ import heapq
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Final
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,12 +28,16 @@ class Verdict(Enum):
     GONE = "gone"
 
 
+MAX_UNREADABLE_LOOKS: Final = 10
+
+
 @dataclass(slots=True)
 class _Pending:
     root: Path
     settle_s: float
     last_activity: float
     last_look: Look | None
+    unreadable_looks: int = 0
 
 
 def is_settled(
@@ -99,14 +104,26 @@ class SettleTracker:
             heapq.heappop(self._heap)  # stale: superseded by later activity, or settled
         return None
 
-    def confirm(self, path: Path, look: Look | None, now: float) -> Verdict:
-        """Decide a due file from a fresh look: settled (and forgotten), wait longer, or gone."""
+    def confirm(
+        self, path: Path, look: Look | None, now: float, *, readable: bool = True
+    ) -> Verdict:
+        """Decide a due file from a fresh look: settled (and forgotten), wait longer, or gone.
+
+        `readable` is whether a read-only open just worked: a writer on an SMB share may still
+        hold the file locked. After MAX_UNREADABLE_LOOKS the file goes ahead anyway, so that a
+        file nobody can read ends with an `.error` instead of waiting forever.
+        """
         pending = self._pending.get(path)
         if pending is None:
             return Verdict.GONE
         if look is None:
             del self._pending[path]
             return Verdict.GONE
+        if not readable and pending.unreadable_looks < MAX_UNREADABLE_LOOKS:
+            pending.unreadable_looks += 1
+            pending.last_activity = now
+            heapq.heappush(self._heap, (now + pending.settle_s, path))
+            return Verdict.WAIT
         if is_settled(
             pending.last_activity, pending.settle_s, now, pending.last_look, look
         ):

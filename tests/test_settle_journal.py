@@ -218,3 +218,35 @@ class TestJournal:
 
         with pytest.raises(JournalError, match="cannot open the journal"):
             Journal(path)
+
+
+class TestReadiness:
+    def test_unreadable_file_waits_then_goes_ahead(self):
+        """A file a writer still holds (read-only open fails) waits; after 10 looks it goes ahead for an .error."""
+        from ocrwatch.settle import MAX_UNREADABLE_LOOKS
+
+        tracker = SettleTracker()
+        tracker.touch(P, ROOT, 1.0, 0.0, Look(10, 1))
+        verdicts = []
+        now = 1.0
+        for _ in range(MAX_UNREADABLE_LOOKS + 1):
+            assert [(P, ROOT)] == tracker.due(now)
+            verdicts.append(tracker.confirm(P, Look(10, 1), now, readable=False))
+            now += 1.0
+
+        assert [Verdict.WAIT] * MAX_UNREADABLE_LOOKS + [Verdict.SETTLED] == verdicts
+
+    def test_is_readable_never_blocks_on_a_fifo(self, tmp_path):
+        """The readiness check opens read-only and non-blocking: a FIFO does not hang it."""
+        import os
+
+        from ocrwatch.daemon import is_readable
+
+        os.mkfifo(tmp_path / "fifo.png")
+        (tmp_path / "a.png").write_bytes(b"x")
+
+        assert (True, True, False) == (
+            is_readable(tmp_path / "a.png"),
+            is_readable(tmp_path / "fifo.png"),
+            is_readable(tmp_path / "nope.png"),
+        )
