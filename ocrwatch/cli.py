@@ -312,12 +312,10 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         log_path=args.log,
     )
     print(emulator.url, flush=True)
-    stopping = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
         # Shutting down from here would deadlock serve_forever; a helper thread does it.
         threading.Thread(target=emulator.stop, daemon=True).start()
-        stopping.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -7,9 +7,7 @@ downstream sees a dict from YAML. Defaults live in the model fields and nowhere 
 from __future__ import annotations
 
 import ipaddress
-import os
 import stat
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -243,12 +241,10 @@ def _model_at(
 def _nested_model(annotation: Any) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
-    for arg in typing.get_args(annotation):
+    for arg in typing.get_args(annotation):  # list[X], dict[str, X], X | None
         found = _nested_model(arg)
         if found is not None:
             return found
-    if isinstance(annotation, types.UnionType):
-        return None
     return None
 
 
@@ -441,7 +437,3 @@ def _read_secret_file(path: Path, what: str) -> SecretStr:
             fix="chmod 600",
         )
     return SecretStr(text)
-
-
-def env_map() -> Mapping[str, str]:
-    return os.environ

@@ -56,6 +56,23 @@ def emulator() -> Iterator[Emulator]:
         yield emu
 
 
+def fetch_token(url: str, secret: str = SECRET) -> str:
+    """A bearer token from the emulator, the way the docs' curl example asks for one."""
+    import requests
+
+    response = requests.post(
+        f"{url}/connect/token",
+        timeout=5,
+        data={
+            "grant_type": "client_credentials",
+            "client_id": CLIENT_ID,
+            "client_secret": secret,
+        },
+    )
+    assert 200 == response.status_code
+    return str(response.json()["access_token"])
+
+
 def write_config(
     path: Path, base_url: str, folders: list[dict[str, Any]], **extra: Any
 ) -> Path:

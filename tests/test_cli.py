@@ -253,3 +253,43 @@ def test_missing_path_is_reported_not_crashed(config_file, inbox):
     assert 1 == result.returncode
     assert "failed 1" in result.stdout.splitlines()[0]
     assert "disappeared" in result.stdout or "No such file" in result.stdout
+
+
+def test_emulator_command_prints_url_first_and_exits_0_on_sigterm(tmp_path):
+    """`ocrwatch emulator --port 0` prints the bound URL first, serves, and exits 0 on SIGTERM."""
+    import signal
+
+    from .conftest import fetch_token
+
+    proc = subprocess.Popen(
+        [
+            *OCRWATCH,
+            "emulator",
+            "--port",
+            "0",
+            "--client-id",
+            "test-client",
+            "--client-secret",
+            SECRET,
+            "--log",
+            str(tmp_path / "e.jsonl"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        token = fetch_token(url)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+
+    assert url.startswith("http://127.0.0.1:")
+    assert 3 == len(token.split("."))
+    assert 0 == code
+    assert '"path": "/connect/token"' in (tmp_path / "e.jsonl").read_text()

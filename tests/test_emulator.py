@@ -11,24 +11,14 @@ import requests
 
 from ocrwatch.emulator import Emulator
 
-from .conftest import CLIENT_ID, SECRET
+from .conftest import CLIENT_ID, SECRET, fetch_token
 from .images import png_bytes
 
 PNG_B64 = base64.b64encode(png_bytes(1)).decode()
 
 
 def token(emulator: Emulator) -> str:
-    response = requests.post(
-        f"{emulator.url}/connect/token",
-        timeout=5,
-        data={
-            "grant_type": "client_credentials",
-            "client_id": CLIENT_ID,
-            "client_secret": SECRET,
-        },
-    )
-    assert 200 == response.status_code
-    return str(response.json()["access_token"])
+    return fetch_token(emulator.url)
 
 
 def post_image(

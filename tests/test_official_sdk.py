@@ -9,25 +9,17 @@ from __future__ import annotations
 import base64
 
 import pytest
-import requests
 
-from .conftest import CLIENT_ID, SECRET
+from .conftest import fetch_token
 from .images import png_bytes
 
 sdk = pytest.importorskip("aspose_ocr_cloud")
 
 
 def api(emulator, cls):
-    token = requests.post(
-        f"{emulator.url}/connect/token",
-        timeout=5,
-        data={
-            "grant_type": "client_credentials",
-            "client_id": CLIENT_ID,
-            "client_secret": SECRET,
-        },
-    ).json()["access_token"]
-    config = sdk.Configuration(host=emulator.url, access_token=token)
+    config = sdk.Configuration(
+        host=emulator.url, access_token=fetch_token(emulator.url)
+    )
     return cls(sdk.ApiClient(config))
 
 
