@@ -30,7 +30,7 @@ from ocrwatch.config import (
     load_config,
     resolve_credentials,
 )
-from ocrwatch.errors import ConfigError, JournalError
+from ocrwatch.errors import ConfigError, JournalError, SidecarError
 from ocrwatch.journal import Job, Journal
 from ocrwatch.log import register_secret
 from ocrwatch.profiles import OVERRIDE_NAME, ProfileBook
@@ -42,7 +42,7 @@ from ocrwatch.selection import (
     walk_candidates,
 )
 from ocrwatch.settle import Look, SettleTracker, Verdict
-from ocrwatch.sidecar import is_sidecar_name
+from ocrwatch.sidecar import Kind, is_sidecar_name, write_sidecar
 from ocrwatch.submitter import Outcome, Result, Submitter
 from ocrwatch.watcher import FolderWatcher
 from ocrwatch.workers import AUTH_RETRY_S, WorkerPool
@@ -84,6 +84,15 @@ def is_readable(path: Path) -> bool:
         return False
     os.close(fd)
     return True
+
+
+def _restore_sidecar(found: Found, guid: str) -> None:
+    try:
+        write_sidecar(found.path, Kind.GUID, guid)
+    except SidecarError as exc:
+        log.error("sidecar.restore_failed", path=found.key, guid=guid, error=str(exc))
+        return
+    log.info("sidecar.restored", path=found.key, guid=guid)
 
 
 @contextlib.contextmanager
@@ -438,6 +447,7 @@ class Daemon:
                     self.roots,
                     self.items.put,
                     self._stop_scan.is_set,
+                    restore=_restore_sidecar,
                 )
             except (OSError, JournalError) as exc:
                 log.error("rescan.failed", path=str(folder.path), error=str(exc))

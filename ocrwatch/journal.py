@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 from ocrwatch.errors import JournalError
 
@@ -44,6 +44,15 @@ MIGRATIONS: Final = (
 )
 LOOKUP_BATCH: Final = 500
 ENTRY_COLUMNS: Final = "path, size, mtime_ns, state, guid, attempts, next_attempt_at, last_error, held, updated_at"
+
+
+class Known(NamedTuple):
+    """What the journal remembers of a path, for the catch-up scan."""
+
+    size: int
+    mtime_ns: int
+    state: str
+    guid: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,12 +175,12 @@ class Journal:
                 )
             return False
 
-    def lookup(self, paths: Iterable[str | Path]) -> dict[str, tuple[int, int, str]]:
-        """(size, mtime_ns, state) for each known path, keyed by its string, in batches.
+    def lookup(self, paths: Iterable[str | Path]) -> dict[str, Known]:
+        """(size, mtime_ns, state, guid) for each known path, keyed by its string, in batches.
 
         This is the catch-up scan's hot path, hence strings rather than Path objects.
         """
-        found: dict[str, tuple[int, int, str]] = {}
+        found: dict[str, Known] = {}
         batch: list[str] = []
         for path in paths:
             batch.append(str(path))
@@ -182,15 +191,13 @@ class Journal:
             self._lookup_batch(batch, found)
         return found
 
-    def _lookup_batch(
-        self, batch: list[str], found: dict[str, tuple[int, int, str]]
-    ) -> None:
+    def _lookup_batch(self, batch: list[str], found: dict[str, Known]) -> None:
         marks = ",".join("?" * len(batch))
-        for path, size, mtime_ns, state in self._query(
-            f"SELECT path, size, mtime_ns, state FROM files WHERE path IN ({marks})",
+        for path, size, mtime_ns, state, guid in self._query(
+            f"SELECT path, size, mtime_ns, state, guid FROM files WHERE path IN ({marks})",
             batch,
         ):
-            found[path] = (size, mtime_ns, state)
+            found[path] = Known(size, mtime_ns, state, guid)
 
     def claim(self, now: float) -> Job | None:
         """Take the next due file for submission, or None if nothing is due."""

@@ -316,3 +316,23 @@ def test_journal_rows_are_queryable_while_running(
         reader.close()
 
     assert 1 == counts["submitted"]
+
+
+def test_lost_sidecar_is_restored_from_the_journal_not_resubmitted(
+    folder_config, inbox, emulator
+):
+    """A .guid that went missing (deleted, or unwritable at the time) is rewritten from the journal
+    at the next scan; the file is not paid for again."""
+    config = folder_config()
+    path = write_png(inbox / "a.png", 1)
+    with daemon_thread(config):
+        wait_until(lambda: (inbox / "a.png.guid").exists(), 10)
+    guid = (inbox / "a.png.guid").read_text()
+    (inbox / "a.png.guid").unlink()
+
+    with daemon_thread(config):
+        wait_until(lambda: (inbox / "a.png.guid").exists(), 10, "sidecar restored")
+
+    assert guid == (inbox / "a.png.guid").read_text()
+    assert 1 == len(emulator.submissions())
+    assert path.exists()

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ocrwatch.catchup import needs_submission
+from ocrwatch.catchup import lost_sidecar_guid, needs_submission
 from ocrwatch.errors import JournalError
-from ocrwatch.journal import Journal
+from ocrwatch.journal import Journal, Known
 from ocrwatch.selection import Found
 from ocrwatch.settle import Look, SettleTracker, Verdict, is_settled
 
@@ -107,7 +107,34 @@ class TestCatchUpDecision:
     )
     def test_needs_submission(self, found, known, expected):
         """The journal is authoritative; without it a sidecar no older than the file means done."""
-        assert expected is needs_submission(self.found(**found), known)
+        record = None if known is None else Known(*known, "g")
+        assert expected is needs_submission(self.found(**found), record)
+
+    @pytest.mark.parametrize(
+        ("found", "known", "expected"),
+        [
+            pytest.param(
+                dict(), Known(10, 100, "submitted", "g1"), "g1", id="lost-sidecar"
+            ),
+            pytest.param(
+                dict(sidecar=200),
+                Known(10, 100, "submitted", "g1"),
+                None,
+                id="sidecar-present",
+            ),
+            pytest.param(
+                dict(size=11),
+                Known(10, 100, "submitted", "g1"),
+                None,
+                id="changed-resubmit-instead",
+            ),
+            pytest.param(dict(), Known(10, 100, "rejected", None), None, id="rejected"),
+            pytest.param(dict(), None, None, id="unknown"),
+        ],
+    )
+    def test_lost_sidecar_is_restored_not_resubmitted(self, found, known, expected):
+        """A submitted, unchanged file without its .guid gets the journal's GUID back, not a new task."""
+        assert expected == lost_sidecar_guid(self.found(**found), known)
 
 
 class TestJournal:
@@ -192,7 +219,7 @@ class TestJournal:
         known = journal.lookup([*paths, Path("/in/unknown.png")])
 
         assert 1200 == len(known)
-        assert (7, 7, "queued") == known["/in/7.png"]
+        assert (7, 7, "queued", None) == known["/in/7.png"]
 
     def test_schema_version_is_recorded_and_newer_is_refused(self, tmp_path):
         """The journal carries its schema version; one from a newer ocrwatch is refused clearly."""
