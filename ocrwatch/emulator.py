@@ -612,7 +612,7 @@ def _results(task: Task) -> list[dict[str, str]]:
         ("JSON", json.dumps({"blocks": [{"text": text}]}).encode()),
         ("ImagePNG", MAGIC[0]),
     ):
-        if kind in kinds or (kinds == "JSON" and kind == "JSON"):
+        if kind in kinds:  # combined values name their parts: "TextAndPdf" -> Text, Pdf
             out.append({"type": kind, "data": base64.b64encode(data).decode()})
     return out
 
