@@ -5,6 +5,7 @@ No journal here: a file counts as done when it has a sidecar no older than itsel
 
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 from collections.abc import Sequence
@@ -122,7 +123,17 @@ def run_batch(
             stop.set()
         return result
 
-    bar = tqdm(total=len(targets), unit="file", disable=not progress, file=sys.stderr)
+    # A serial console or a fresh pty may report a 0x0 size, and tqdm then hides the bar as
+    # "off screen"; shutil falls back to 80x24 there.
+    size = shutil.get_terminal_size()
+    bar = tqdm(
+        total=len(targets),
+        unit="file",
+        disable=not progress,
+        file=sys.stderr,
+        ncols=size.columns,
+        nrows=size.lines,
+    )
     with ThreadPoolExecutor(
         max_workers=concurrency, thread_name_prefix="submit"
     ) as pool:
