@@ -7,17 +7,14 @@ scan thread only put items on a queue; workers only talk to the journal and the 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import queue
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
-from typing import Final, TextIO
+from typing import Final
 
 import structlog
 
@@ -32,6 +29,7 @@ from ocrwatch.config import (
 )
 from ocrwatch.errors import ConfigError, JournalError, SidecarError
 from ocrwatch.journal import Job, Journal
+from ocrwatch.lifecycle import Flags, signal_flags, state_lock
 from ocrwatch.log import register_secret
 from ocrwatch.profiles import OVERRIDE_NAME, ProfileBook
 from ocrwatch.selection import (
@@ -69,13 +67,6 @@ class Rescan:
 Item = Event | Found | Rescan
 
 
-class _Flags:
-    """Set by signal handlers; read by the main loop. Handlers do nothing else (no locks, no logging)."""
-
-    stop = False
-    reload = False
-
-
 def is_readable(path: Path) -> bool:
     """The readiness check: can we open it read-only right now? Never opened for writing."""
     try:
@@ -95,48 +86,6 @@ def _restore_sidecar(found: Found, guid: str) -> None:
     log.info("sidecar.restored", path=found.key, guid=guid)
 
 
-@contextlib.contextmanager
-def _signal_flags(flags: _Flags) -> Iterator[None]:
-    def on_stop(signum: int, frame: FrameType | None) -> None:
-        flags.stop = True
-
-    def on_hup(signum: int, frame: FrameType | None) -> None:
-        flags.reload = True
-
-    previous = {
-        signal.SIGTERM: signal.signal(signal.SIGTERM, on_stop),
-        signal.SIGINT: signal.signal(signal.SIGINT, on_stop),
-        signal.SIGHUP: signal.signal(signal.SIGHUP, on_hup),
-    }
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-@contextlib.contextmanager
-def _state_lock(state_dir: Path) -> Iterator[None]:
-    """One daemon per state_dir: two would claim the same journal rows."""
-    try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        handle: TextIO = (state_dir / "ocrwatch.lock").open("a")
-    except OSError as exc:
-        raise JournalError(
-            f"{state_dir}: cannot use state_dir ({exc.strerror}); create it and let the service user write to it"
-        ) from None
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise JournalError(
-                f"{state_dir}: another `ocrwatch run` is using this state_dir; stop it or set another state_dir"
-            ) from None
-        yield
-    finally:
-        handle.close()
-
-
 class Daemon:
     def __init__(
         self,
@@ -148,7 +97,7 @@ class Daemon:
         self.config_path = config_path
         self.env = env
         self.clock = clock
-        self.flags = _Flags()
+        self.flags = Flags()
         self.items: queue.SimpleQueue[Item] = queue.SimpleQueue()
         self.tracker = SettleTracker()
         self.watchers: dict[Path, FolderWatcher] = {}
@@ -170,9 +119,9 @@ class Daemon:
         """Serve until SIGTERM/SIGINT (or `flags.stop`, for an embedding thread); 0 after a clean stop."""
         config, credentials = self.load()
         signals = (
-            _signal_flags(self.flags) if install_signals else contextlib.nullcontext()
+            signal_flags(self.flags) if install_signals else contextlib.nullcontext()
         )
-        with _state_lock(config.state_dir), signals:
+        with state_lock(config.state_dir), signals:
             self.journal = Journal(config.journal_path)
             try:
                 return self._serve(config, credentials)

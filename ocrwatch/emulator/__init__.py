@@ -1,0 +1,128 @@
+"""A local Aspose.OCR Cloud v5.0 server for trying ocrwatch offline, for tests and for benchmarks.
+
+It follows aspose-api.md (token flow, exact JSON keys and enum strings, text/plain GUIDs, the
+token-endpoint lockout) and injects faults on request. It never imports ocrwatch's client or auth,
+so a misreading of the spec cannot cancel out on both sides.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+from typing import Any
+
+from ocrwatch.emulator.handler import Handler, Server
+from ocrwatch.emulator.state import EmulatorState, Faults, Scripted
+
+__all__ = ["Emulator", "Faults"]
+
+
+class Emulator:
+    """The server, run in a background thread; tests steer it through its methods."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        client_id: str = "emulator",
+        client_secret: str = "emulator-secret",
+        token_ttl_s: float = 3600.0,
+        latency_s: float = 0.0,
+        pending_s: float = 0.0,
+        processing_s: float = 0.0,
+        faults: Faults | None = None,
+        bad_image: str = "reject",
+        empty_401: bool = False,
+        seed: int | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        self.state = EmulatorState(
+            client_id=client_id,
+            client_secret=client_secret,
+            token_ttl_s=token_ttl_s,
+            latency_s=latency_s,
+            pending_s=pending_s,
+            processing_s=processing_s,
+            faults=faults or Faults(),
+            bad_image=bad_image,
+            empty_401=empty_401,
+            rng=random.Random(seed),
+            log_stream=log_path.open("a", encoding="utf-8") if log_path else None,
+        )
+        self._server = Server((host, port), Handler)
+        self._server.state = self.state
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> Emulator:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            args=(0.05,),
+            name="emulator",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self.state.log_stream is not None:
+            self.state.log_stream.close()
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def fail_next(
+        self, status: int, times: int = 1, retry_after: str | None = None
+    ) -> None:
+        """The next `times` RecognizeImage calls answer `status` (after reading the body)."""
+        with self.state.lock:
+            self.state.scripted.extend(
+                Scripted("status", status, retry_after) for _ in range(times)
+            )
+
+    def drop_next(self, times: int = 1, *, after_accept: bool = False) -> None:
+        """Close the next connections without an answer; `after_accept` creates the task first."""
+        kind = "accept_drop" if after_accept else "drop"
+        with self.state.lock:
+            self.state.scripted.extend(Scripted(kind) for _ in range(times))
+
+    def expire_tokens(self) -> None:
+        """Revoke every issued token, as if they all expired early."""
+        with self.state.lock:
+            self.state.tokens.clear()
+
+    def set_credentials(self, client_id: str, client_secret: str) -> None:
+        with self.state.lock:
+            self.state.client_id, self.state.client_secret = client_id, client_secret
+
+    @property
+    def received(self) -> list[dict[str, Any]]:
+        with self.state.lock:
+            return list(self.state.received)
+
+    def submissions(self) -> list[dict[str, Any]]:
+        """Accepted RecognizeImage(Trial) POSTs: the ones that created a task."""
+        return [r for r in self.received if r.get("guid") and r["method"] == "POST"]
+
+    @property
+    def token_calls(self) -> int:
+        with self.state.lock:
+            return self.state.token_calls
+
+    def issued_tokens(self) -> list[str]:
+        with self.state.lock:
+            return list(self.state.tokens)

@@ -1,0 +1,66 @@
+"""Process lifecycle for `ocrwatch run`: signal flags, and the lock that keeps one daemon per state_dir.
+
+The signal handlers only set flags (huey, uvicorn): no locks, no logging, no Event.set(), since the
+interrupted main thread may hold any of those. The main loop polls the flags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+from ocrwatch.errors import JournalError
+
+
+class Flags:
+    """Set by signal handlers; read by the main loop. Handlers do nothing else (no locks, no logging)."""
+
+    stop = False
+    reload = False
+
+
+@contextlib.contextmanager
+def signal_flags(flags: Flags) -> Iterator[None]:
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        flags.stop = True
+
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        flags.reload = True
+
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, on_stop),
+        signal.SIGINT: signal.signal(signal.SIGINT, on_stop),
+        signal.SIGHUP: signal.signal(signal.SIGHUP, on_hup),
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def state_lock(state_dir: Path) -> Iterator[None]:
+    """One daemon per state_dir: two would claim the same journal rows."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        handle: TextIO = (state_dir / "ocrwatch.lock").open("a")
+    except OSError as exc:
+        raise JournalError(
+            f"{state_dir}: cannot use state_dir ({exc.strerror}); create it and let the service user write to it"
+        ) from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise JournalError(
+                f"{state_dir}: another `ocrwatch run` is using this state_dir; stop it or set another state_dir"
+            ) from None
+        yield
+    finally:
+        handle.close()
