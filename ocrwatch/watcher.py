@@ -119,7 +119,10 @@ class FolderWatcher:
             else Observer()
         )
         observer.schedule(
-            _Handler(self._on_activity), str(self.root), recursive=self.recursive
+            _Handler(self._on_activity),
+            str(self.root),
+            recursive=self.recursive,
+            event_filter=EVENT_FILTER,
         )
         observer.daemon = True
         observer.start()

@@ -480,3 +480,40 @@ class TestBadInput:
     def test_png_bytes_fixture_is_a_png(self):
         """The test images really start with the PNG signature."""
         assert png_bytes(1).startswith(b"\x89PNG\r\n\x1a\n")
+
+
+class TestChangedWhileSending:
+    def test_file_changed_during_upload_gets_no_task_id(self, tmp_path):
+        """A file appended to while its upload is in flight raises FileChangedError, so no .guid
+        is written for content the file no longer has."""
+        import threading
+
+        from ocrwatch.emulator import Emulator
+        from ocrwatch.errors import FileChangedError
+
+        from .conftest import wait_until
+
+        path = write_png(tmp_path / "growing.png", 1)
+        with Emulator(client_id=CLIENT_ID, client_secret=SECRET, latency_s=0.5) as emu:
+            client = make_client(emu.url)
+            client.tokens.get()  # the token call gets its latency out of the way first
+            errors: list[BaseException] = []
+
+            def upload():
+                try:
+                    client.submit(path, Settings())
+                except BaseException as exc:  # noqa: BLE001 -- handed to the assertion below
+                    errors.append(exc)
+
+            worker = threading.Thread(target=upload)
+            bodies_before = emu.bodies_read
+            worker.start()
+            # The whole body has reached the server, which now sits on its 0.5 s latency.
+            wait_until(lambda: emu.bodies_read > bodies_before, 5, "upload in flight")
+            with path.open(
+                "ab"
+            ) as handle:  # the scanner writes another page mid-upload
+                handle.write(b"page two")
+            worker.join(10)
+
+        assert [FileChangedError] == [type(e) for e in errors]

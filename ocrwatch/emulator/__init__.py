@@ -119,6 +119,11 @@ class Emulator:
         return [r for r in self.received if r.get("guid") and r["method"] == "POST"]
 
     @property
+    def bodies_read(self) -> int:
+        with self.state.lock:
+            return self.state.bodies_read
+
+    @property
     def token_calls(self) -> int:
         with self.state.lock:
             return self.state.token_calls

@@ -80,6 +80,8 @@ class Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         if body is None:
             return
+        with self.st.lock:
+            self.st.bodies_read += 1
         if self.st.latency_s:
             time.sleep(self.st.latency_s)
         if route == "/connect/token" and method == "POST":

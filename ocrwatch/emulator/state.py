@@ -89,6 +89,9 @@ class EmulatorState:
     scripted: deque[Scripted] = field(default_factory=deque)
     received: list[dict[str, Any]] = field(default_factory=list)
     token_calls: int = 0
+    bodies_read: int = (
+        0  # requests whose body has arrived, answered or not: "in flight" for tests
+    )
 
     def record(self, entry: dict[str, Any]) -> None:
         entry = {"ts": time.time(), **entry}
