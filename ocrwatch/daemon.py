@@ -401,6 +401,9 @@ class Daemon:
             except (OSError, JournalError) as exc:
                 log.error("rescan.failed", path=str(folder.path), error=str(exc))
                 continue
+            except Exception:  # the next rescan tries again; the daemon keeps serving
+                log.exception("rescan.crashed", path=str(folder.path))
+                continue
             self.scans_done += 1
             log.info(
                 "rescan.finished",

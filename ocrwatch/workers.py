@@ -20,6 +20,7 @@ log = structlog.get_logger()
 
 IDLE_WAIT_S: Final = 1.0
 AUTH_RETRY_S: Final = 60.0
+JOURNAL_ERROR_BACKOFF_S: Final = 5.0
 
 
 class WorkerPool:
@@ -85,18 +86,27 @@ class WorkerPool:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            generation = self._generation
-            job = None if self.paused else self._journal.claim(self._clock())
-            if job is None:
-                self._idle(generation)
-                continue
-            with self._busy_lock:
-                self._busy += 1
             try:
-                self._process(job)
-            finally:
-                with self._busy_lock:
-                    self._busy -= 1
+                self._step()
+            except Exception:  # a worker that dies silently shrinks the pool for months
+                # The journal (disk full, I/O error) or a bug: say so, back off, keep serving.
+                # A claimed job stays `submitting` and is resumed at the next start.
+                log.exception("worker.failed", retry_in_s=JOURNAL_ERROR_BACKOFF_S)
+                self._stopping.wait(JOURNAL_ERROR_BACKOFF_S)
+
+    def _step(self) -> None:
+        generation = self._generation
+        job = None if self.paused else self._journal.claim(self._clock())
+        if job is None:
+            self._idle(generation)
+            return
+        with self._busy_lock:
+            self._busy += 1
+        try:
+            self._process(job)
+        finally:
+            with self._busy_lock:
+                self._busy -= 1
 
     def _process(self, job: Job) -> None:
         profile = self._profile_for(job)
