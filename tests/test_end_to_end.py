@@ -229,3 +229,39 @@ def test_status_reports_counts_and_failures(tmp_path, inbox, emulator):
         (f["state"], f["path"]) for f in report["recent_failures"]
     ]
     assert report["recent_failures"][0]["error"].startswith("not a supported image")
+
+
+def test_sighup_changes_profiles_and_removes_a_folder(tmp_path, inbox, emulator):
+    """After SIGHUP, the next file uses the changed profile, and a folder dropped from the config is
+    no longer watched."""
+    other = tmp_path / "other"
+    other.mkdir()
+    config = write_config(
+        tmp_path / "config.yaml",
+        emulator.url,
+        [
+            {"path": str(inbox), "settle_seconds": 0.2},
+            {"path": str(other), "settle_seconds": 0.2},
+        ],
+        profiles={"default": {"language": "English"}},
+    )
+    log = tmp_path / "run.log"
+    proc = spawn(config, log, wait_started=True)
+    write_png(inbox / "before.png", 1)
+    wait_until(lambda: (inbox / "before.png.guid").exists(), 10)
+
+    data = yaml.safe_load(config.read_text())
+    data["folders"] = data["folders"][:1]
+    data["profiles"] = {"default": {"language": "French"}}
+    config.write_text(yaml.safe_dump(data))
+    proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: b"config.reloaded" in log.read_bytes(), 10, "reloaded")
+    write_png(other / "ignored.png", 2)
+    write_png(inbox / "after.png", 3)
+    wait_until(lambda: (inbox / "after.png.guid").exists(), 10)
+
+    assert 0 == stop(proc)
+    assert [{"language": "English"}, {"language": "French"}] == [
+        r["settings"] for r in emulator.submissions()
+    ]
+    assert not (other / "ignored.png.guid").exists()
