@@ -42,7 +42,6 @@ class TokenCache:
         self._refresh_at = 0.0
         self._refusal: str | None = None
         self._refused_until = 0.0
-        self.fetches = 0
 
     def get(self) -> str:
         with self._lock:
@@ -52,7 +51,6 @@ class TokenCache:
             if self._token is not None and now < self._refresh_at:
                 return self._token
             try:
-                self.fetches += 1
                 token, lifetime_s = self._fetch()
             except AuthError as exc:
                 self._refusal = str(exc)
@@ -80,11 +78,6 @@ class TokenCache:
         with self._lock:
             self._refusal = None
             self._refused_until = 0.0
-
-    @property
-    def refused(self) -> bool:
-        with self._lock:
-            return self._refusal is not None and self._clock() < self._refused_until
 
 
 def fetch_token(

@@ -34,6 +34,7 @@ from ocrwatch.errors import (
     RejectedError,
     TransientApiError,
 )
+from ocrwatch.log import redact_text
 from ocrwatch.retry import RetryPolicy, parse_retry_after
 from ocrwatch.settings import Settings
 
@@ -102,8 +103,8 @@ def problem_detail(body: str) -> str:
                 for k, v in errors.items()
             ]
         if parts:
-            return " ".join(" - ".join(parts).split())[:300]
-    return " ".join(body.split())[:300] or "no detail given"
+            return redact_text(" ".join(" - ".join(parts).split())[:300])
+    return redact_text(" ".join(body.split())[:300]) or "no detail given"
 
 
 def error_for_status(

@@ -133,6 +133,3 @@ class SettleTracker:
         pending.last_activity, pending.last_look = now, look
         heapq.heappush(self._heap, (now + pending.settle_s, path))
         return Verdict.WAIT
-
-    def forget(self, path: Path) -> None:
-        self._pending.pop(path, None)

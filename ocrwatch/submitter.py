@@ -95,18 +95,10 @@ class Submitter:
                 Outcome.CHANGED if path.exists() or path.is_symlink() else Outcome.GONE
             )
             return Result(outcome, path, profile, error=str(exc))
-        except AuthError as exc:
+        except (AuthError, TransientApiError) as exc:
+            outcome = Outcome.AUTH if isinstance(exc, AuthError) else Outcome.RETRY
             return Result(
-                Outcome.AUTH,
-                path,
-                profile,
-                error=str(exc),
-                attempts=exc.attempts,
-                retry_after_s=exc.retry_after_s,
-            )
-        except TransientApiError as exc:
-            return Result(
-                Outcome.RETRY,
+                outcome,
                 path,
                 profile,
                 error=str(exc),

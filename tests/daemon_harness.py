@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import signal
 import subprocess
 import threading
@@ -102,11 +101,3 @@ def journal_counts(state_dir: Path) -> dict[str, int]:
 
 def in_flight(state_dir: Path) -> int:
     return journal_counts(state_dir)["submitting"]
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True

@@ -315,6 +315,16 @@ class TestRetries:
 
         assert kind is (None if error is None else type(error))
 
+    def test_service_text_echoing_a_bearer_token_is_masked(self):
+        """A service message that echoes our Authorization header cannot carry the token into an .error."""
+        from ocrwatch.client import problem_detail
+
+        detail = problem_detail(
+            '{"title": "Bad Request", "detail": "header was Bearer eyJhb.eyJzd.sig42"}'
+        )
+
+        assert "Bad Request - header was Bearer **********" == detail
+
     def test_rejection_carries_the_service_message(self, emulator, tmp_path):
         """A 400 from the service becomes a RejectedError with its ProblemDetails text."""
         client = make_client(emulator.url)

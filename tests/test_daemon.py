@@ -91,9 +91,8 @@ def test_files_and_folders_moved_in_are_picked_up(
     """A file moved in, and a whole folder of files moved in, are all submitted."""
     outside = tmp_path / "outside"
     single = write_png(outside / "single.png", 1)
-    batch = [
-        write_png(outside / "batch" / "deeper" / f"b{i}.png", 10 + i) for i in range(3)
-    ]
+    for i in range(3):
+        write_png(outside / "batch" / "deeper" / f"b{i}.png", 10 + i)
     config = folder_config()
     with daemon_thread(config):
         shutil.move(single, inbox / "single.png")
@@ -103,7 +102,6 @@ def test_files_and_folders_moved_in_are_picked_up(
 
     assert 4 == len(emulator.submissions())
     assert (inbox / "batch" / "deeper" / "b0.png.guid").exists()
-    assert len(batch) == 3
 
 
 def test_restart_with_1000_done_files_submits_nothing(folder_config, inbox, emulator):
