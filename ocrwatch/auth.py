@@ -10,7 +10,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 import requests
 
@@ -20,6 +20,12 @@ from ocrwatch.log import register_secret
 from ocrwatch.retry import parse_retry_after
 
 REFRESH_MARGIN_S: Final = 60.0
+
+
+class TokenSource(Protocol):
+    def get(self) -> str: ...
+
+    def invalidate(self, token: str) -> None: ...
 
 
 class TokenCache:

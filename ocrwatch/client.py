@@ -25,7 +25,7 @@ from typing import Final
 import requests
 
 from ocrwatch import __version__
-from ocrwatch.auth import TokenCache, fetch_token
+from ocrwatch.auth import TokenCache, TokenSource, fetch_token
 from ocrwatch.config import ApiConfig, Credentials
 from ocrwatch.errors import (
     ApiError,
@@ -197,7 +197,7 @@ class OcrClient:
         credentials: Credentials | None,
         *,
         policy: RetryPolicy | None = None,
-        tokens: TokenCache | None = None,
+        tokens: TokenSource | None = None,
         auth_retry_s: float = math.inf,
     ) -> None:
         self._api = api
@@ -206,7 +206,7 @@ class OcrClient:
             max_attempts=api.retry.max_attempts, max_delay_s=api.retry.max_delay
         )
         self._local = threading.local()
-        self.trial = api.trial or credentials is None
+        self.trial = api.trial or (credentials is None and tokens is None)
         if tokens is None and credentials is not None and not self.trial:
             creds = credentials
             tokens = TokenCache(

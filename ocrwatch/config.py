@@ -118,6 +118,7 @@ class ApiConfig(Model):
     client_secret_file: Path | None = None
     trial: StrictBool = False
     concurrency: Annotated[int, Field(ge=1, le=64)] = 4
+    upload_processes: StrictBool = True
     timeout: Timeout = Timeout()
     retry: Retry = Retry()
 

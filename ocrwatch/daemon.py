@@ -42,6 +42,7 @@ from ocrwatch.selection import (
 from ocrwatch.settle import Look, SettleTracker, Verdict
 from ocrwatch.sidecar import Kind, is_sidecar_name, write_sidecar
 from ocrwatch.submitter import Outcome, Result, Submitter
+from ocrwatch.uploader import LocalUploader, ProcessUploader, Uploader
 from ocrwatch.watcher import FolderWatcher
 from ocrwatch.workers import AUTH_RETRY_S, WorkerPool
 
@@ -133,14 +134,22 @@ class Daemon:
         self.folders = {f.path.absolute(): f for f in config.folders}
         self.roots = list(self.folders)
         client = OcrClient(config.api, credentials, auth_retry_s=AUTH_RETRY_S)
+        uploader: Uploader = (
+            ProcessUploader(config.api, client.tokens, config.api.concurrency)
+            if config.api.upload_processes
+            else LocalUploader(client, config.api.concurrency)
+        )
+        previous = getattr(self, "submitter", None)
         self.book = ProfileBook(config)
         self.submitter = Submitter(
             client,
             self.book,
             self.journal,
             clock=self.clock,
-            upload_slots=threading.BoundedSemaphore(config.api.concurrency),
+            uploader=uploader,
         )
+        if previous is not None:
+            previous.uploader.close()
 
     def _serve(self, config: Config, credentials: Credentials | None) -> int:
         self._apply(config, credentials)
@@ -449,6 +458,7 @@ class Daemon:
         for watcher in self.watchers.values():
             watcher.stop()
         finished = self.pool.stop(self.config.shutdown_timeout)
+        self.submitter.uploader.close()
         if not finished:
             log.warning(
                 "daemon.shutdown_timeout",

@@ -6,8 +6,6 @@ carrying the whole context, and, in the daemon, one journal transition.
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -29,6 +27,7 @@ from ocrwatch.journal import Job, Journal
 from ocrwatch.profiles import ProfileBook
 from ocrwatch.retry import next_attempt_at
 from ocrwatch.sidecar import Kind, write_sidecar
+from ocrwatch.uploader import LocalUploader, Uploader
 
 log = structlog.get_logger()
 
@@ -67,15 +66,13 @@ class Submitter:
         journal: Journal | None = None,
         *,
         clock: Callable[[], float] = time.time,
-        upload_slots: threading.Semaphore | None = None,
+        uploader: Uploader | None = None,
     ) -> None:
         self.client = client
         self.book = book
         self.journal = journal
         self._clock = clock
-        # Caps uploads in flight at api.concurrency while more threads than that write sidecars
-        # and journal entries, so an fsync never leaves an upload slot idle.
-        self._upload_slots = upload_slots or contextlib.nullcontext()
+        self.uploader = uploader or LocalUploader(client)
 
     def send(self, path: Path, root: Path, profile: str) -> Result:
         """Submit one file and write its sidecar; the outcome says what happened."""
@@ -86,8 +83,7 @@ class Submitter:
             return Result(Outcome.HELD, path, profile, error=str(exc))
         profile = resolved.profile
         try:
-            with self._upload_slots:
-                sub = self.client.submit(path, resolved.settings)
+            upload = self.uploader.upload(path, resolved.settings)
         except RejectedError as exc:
             return self._reject(path, profile, str(exc))
         except FileChangedError as exc:
@@ -105,6 +101,7 @@ class Submitter:
                 attempts=exc.attempts,
                 retry_after_s=exc.retry_after_s,
             )
+        sub = upload.submission
         result = Result(
             Outcome.SUBMITTED,
             path,
@@ -115,14 +112,15 @@ class Submitter:
             mtime_ns=sub.mtime_ns,
             sha256=sub.sha256,
         )
-        try:
-            write_sidecar(path, Kind.GUID, sub.guid)
-        except SidecarError as exc:
+        if upload.sidecar_error is not None:
             # The task exists and is billed: record it, don't send it again.
             log.error(
-                "sidecar.write_failed", path=str(path), guid=sub.guid, error=str(exc)
+                "sidecar.write_failed",
+                path=str(path),
+                guid=sub.guid,
+                error=upload.sidecar_error,
             )
-            return replace(result, error=str(exc))
+            return replace(result, error=upload.sidecar_error)
         log.info(
             "job.submitted",
             path=str(path),
