@@ -28,7 +28,7 @@ from ocrwatch.config import (
     resolve_credentials,
 )
 from ocrwatch.errors import ConfigError, JournalError, SidecarError
-from ocrwatch.journal import Job, Journal
+from ocrwatch.journal import Job, Journal, Settled
 from ocrwatch.lifecycle import Flags, signal_flags, state_lock
 from ocrwatch.log import register_secret
 from ocrwatch.profiles import OVERRIDE_NAME, ProfileBook
@@ -134,10 +134,14 @@ class Daemon:
         self.folders = {f.path.absolute(): f for f in config.folders}
         self.roots = list(self.folders)
         client = OcrClient(config.api, credentials, auth_retry_s=AUTH_RETRY_S)
+        staging = config.state_dir / "staging"
+        staging.mkdir(exist_ok=True)
         uploader: Uploader = (
-            ProcessUploader(config.api, client.tokens, config.api.concurrency)
+            ProcessUploader(
+                config.api, client.tokens, config.api.concurrency, staging=staging
+            )
             if config.api.upload_processes
-            else LocalUploader(client, config.api.concurrency)
+            else LocalUploader(client, config.api.concurrency, staging=staging)
         )
         previous = getattr(self, "submitter", None)
         self.book = ProfileBook(config)
@@ -297,24 +301,21 @@ class Daemon:
 
     def _settle_due(self) -> None:
         now = self.clock()
-        queued = 0
+        settled = []
         for path, root in self.tracker.due(now):
             st = regular_file_stat(path, self.roots)
             look = None if st is None else Look(st.st_size, st.st_mtime_ns)
             readable = look is not None and is_readable(path)
-            settled = (
-                self.tracker.confirm(path, look, now, readable=readable)
-                is Verdict.SETTLED
-            )
-            if (
-                settled
-                and look is not None
-                and self.journal.note(path, root, look.size, look.mtime_ns, now)
-            ):
-                queued += 1
-                log.info("job.queued", path=str(path), bytes=look.size)
+            verdict = self.tracker.confirm(path, look, now, readable=readable)
+            if verdict is Verdict.SETTLED and look is not None:
+                settled.append(Settled(path, root, look.size, look.mtime_ns))
+        if not settled:
+            return
+        queued = self.journal.note_many(settled, now)
         if queued:
             self.pool.wake()
+        for file in queued:
+            log.info("job.queued", path=str(file.path), bytes=file.size)
 
     def _root_of(self, path: Path) -> Path | None:
         best = None

@@ -1,7 +1,8 @@
 """Sidecar files next to the originals: `<name>.guid` on success, `<name>.error` on rejection.
 
-Written atomically: a temporary file in the original's folder, fsync, then made visible under its
-name in one step (link of an O_TMPFILE where the filesystem has it, else rename), fsync the folder.
+Written atomically: a temporary file, fsync, then made visible under its name in one step (link of
+an unnamed O_TMPFILE where the filesystem has it, else rename of a named one in the same folder),
+fsync the folder.
 Accepted risk: on SMB/NFS shares rename atomicity and directory fsync are up to the server.
 """
 
@@ -51,62 +52,87 @@ def existing_sidecar(original: Path) -> tuple[Kind, int] | None:
     return None
 
 
-def write_sidecar(original: Path, kind: Kind, text: str) -> Path:
-    """Write `text` and a newline atomically, and remove the other kind if present."""
+def write_sidecar(
+    original: Path, kind: Kind, text: str, *, staging: Path | None = None
+) -> Path:
+    """Write `text` and a newline atomically, and remove the other kind if present.
+
+    `staging` is a folder outside the watched trees (the daemon's state_dir) where the unnamed
+    file is prepared when it is on the same filesystem: the watched folder then sees only the
+    link, one inotify event per sidecar instead of three.
+    """
     target = sidecar_path(original, kind)
     data = (" ".join(text.split()) + "\n").encode("utf-8")
     try:
-        if not _write_anonymous(target, data):
-            _write_named(target, data)
-        _fsync_dir(target.parent)
+        dir_fd = os.open(target.parent, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise SidecarError(f"cannot write {target}: {exc.strerror}") from None
+    try:
+        if not _write_anonymous(dir_fd, target, data, staging):
+            _write_named(target, data)
+        _fsync_dir(dir_fd)
+    except OSError as exc:
+        raise SidecarError(f"cannot write {target}: {exc.strerror}") from None
+    finally:
+        os.close(dir_fd)
     other = Kind.ERROR if kind is Kind.GUID else Kind.GUID
     with contextlib.suppress(FileNotFoundError):
         sidecar_path(original, other).unlink()
     return target
 
 
-def _write_anonymous(target: Path, data: bytes) -> bool:
-    """Write an unnamed temporary file in the folder (O_TMPFILE), fsync it, then link it in.
+def _write_anonymous(
+    dir_fd: int, target: Path, data: bytes, staging: Path | None
+) -> bool:
+    """Write an unnamed temporary file (O_TMPFILE), fsync it, then link it in as `target`.
 
-    The file has no name until it is complete, so a watcher sees one create event instead of
-    five, and a crash leaves nothing behind. False where the filesystem cannot do this (many
-    network shares) or the sidecar already exists (a link cannot replace it).
+    The file has no name until it is complete, so a crash leaves nothing behind. False where the
+    filesystem cannot do this (many network shares) or the sidecar already exists (a link cannot
+    replace it).
     """
     tmpfile = getattr(os, "O_TMPFILE", None)
     if tmpfile is None or target.exists():
         return False
-    try:
-        fd = os.open(
-            target.parent, tmpfile | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o644
-        )
-    except OSError:
-        return False
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-        # With dst_dir_fd, CPython calls linkat(AT_SYMLINK_FOLLOW), which links the open inode;
-        # plain os.link() would try to hard-link the /proc symlink itself (EXDEV).
-        dir_fd = os.open(target.parent, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    places = [target.parent]
+    if staging is not None and _same_device(staging, dir_fd):
+        places.insert(0, staging)
+    for place in places:
         try:
+            fd = os.open(
+                place, tmpfile | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o644
+            )
+        except OSError:
+            continue
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+            # With dst_dir_fd, CPython calls linkat(AT_SYMLINK_FOLLOW), which links the open
+            # inode; plain os.link() would try to hard-link the /proc symlink itself (EXDEV).
             os.link(
                 f"/proc/self/fd/{fd}",
                 target.name,
                 dst_dir_fd=dir_fd,
                 follow_symlinks=True,
             )
+            return True
         except FileExistsError:
             return False
         except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.EPERM, errno.EXDEV, errno.EOPNOTSUPP):
+            if exc.errno == errno.EXDEV:
+                continue  # staging is another mount of the same disk: prepare it in place
+            if exc.errno in (errno.ENOENT, errno.EPERM, errno.EOPNOTSUPP):
                 return False  # no /proc, or no hard links here: use the named way
             raise
         finally:
-            os.close(dir_fd)
-    finally:
-        os.close(fd)
-    return True
+            os.close(fd)
+    return False
+
+
+def _same_device(folder: Path, dir_fd: int) -> bool:
+    try:
+        return folder.stat().st_dev == os.fstat(dir_fd).st_dev
+    except OSError:
+        return False
 
 
 def _write_named(target: Path, data: bytes) -> None:
@@ -130,14 +156,7 @@ def _write_named(target: Path, data: bytes) -> None:
         raise
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some network filesystems refuse fsync on a directory; the rename already happened
-    finally:
-        os.close(fd)
+def _fsync_dir(dir_fd: int) -> None:
+    with contextlib.suppress(OSError):
+        # Some network filesystems refuse fsync on a folder; the link or rename already happened.
+        os.fsync(dir_fd)

@@ -68,10 +68,10 @@ class Uploader(Protocol):
     def close(self) -> None: ...
 
 
-def publish(path: Path, submission: Submission) -> Upload:
+def publish(path: Path, submission: Submission, staging: Path | None) -> Upload:
     """Write the `.guid` for a file the service has accepted; a failure is reported, not raised."""
     try:
-        write_sidecar(path, Kind.GUID, submission.guid)
+        write_sidecar(path, Kind.GUID, submission.guid, staging=staging)
     except SidecarError as exc:
         return Upload(submission, str(exc))
     return Upload(submission)
@@ -80,8 +80,15 @@ def publish(path: Path, submission: Submission) -> Upload:
 class LocalUploader:
     """Uploads in the calling thread, at most `slots` at a time (the one-shot `submit` uses this)."""
 
-    def __init__(self, client: OcrClient, slots: int | None = None) -> None:
+    def __init__(
+        self,
+        client: OcrClient,
+        slots: int | None = None,
+        *,
+        staging: Path | None = None,
+    ) -> None:
         self.client = client
+        self._staging = staging
         # Caps uploads in flight while more threads than that write sidecars and journal
         # entries, so an fsync never leaves an upload slot idle.
         self._slots: contextlib.AbstractContextManager[Any] = (
@@ -93,7 +100,7 @@ class LocalUploader:
     def upload(self, path: Path, settings: Settings) -> Upload:
         with self._slots:
             submission = self.client.submit(path, settings)
-        return publish(path, submission)
+        return publish(path, submission, self._staging)
 
     def close(self) -> None:
         pass
@@ -132,8 +139,16 @@ class _Child:
 class ProcessUploader:
     """`slots` single-threaded child processes, each running one upload at a time."""
 
-    def __init__(self, api: ApiConfig, tokens: TokenSource | None, slots: int) -> None:
+    def __init__(
+        self,
+        api: ApiConfig,
+        tokens: TokenSource | None,
+        slots: int,
+        *,
+        staging: Path | None = None,
+    ) -> None:
         self._api = api
+        self._staging = staging
         self._tokens = tokens
         self._ctx = multiprocessing.get_context("forkserver")
         self._ctx.set_forkserver_preload(["ocrwatch.uploader"])
@@ -148,7 +163,7 @@ class ProcessUploader:
         parent_end, child_end = self._ctx.Pipe()
         process = self._ctx.Process(
             target=child_main,
-            args=(child_end, self._api, self._tokens is None),
+            args=(child_end, self._api, self._tokens is None, self._staging),
             name="ocrwatch-upload",
             daemon=True,
         )
@@ -272,7 +287,9 @@ def _forward_logs(
     return processor
 
 
-def child_main(conn: Connection, api: ApiConfig, trial: bool) -> None:
+def child_main(
+    conn: Connection, api: ApiConfig, trial: bool, staging: Path | None
+) -> None:
     """An upload process: one job at a time from the pipe until the parent closes it."""
     # Ctrl-C reaches the whole process group; only the parent decides when uploads stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -292,7 +309,7 @@ def child_main(conn: Connection, api: ApiConfig, trial: bool) -> None:
             register_secret(token)
         reply: tuple[Any, ...]
         try:
-            reply = ("done", publish(path, client.submit(path, settings)))
+            reply = ("done", publish(path, client.submit(path, settings), staging))
         except Exception as exc:  # noqa: BLE001 -- every failure is the parent's to judge and log
             reply = ("error", *describe(exc))
         try:

@@ -9,7 +9,7 @@ import pytest
 
 from ocrwatch.catchup import lost_sidecar_guid, needs_submission
 from ocrwatch.errors import JournalError
-from ocrwatch.journal import Journal, Known
+from ocrwatch.journal import CLAIM_SQL, MIGRATIONS, Journal, Known
 from ocrwatch.selection import Found
 from ocrwatch.settle import Look, SettleTracker, Verdict, is_settled
 
@@ -236,7 +236,33 @@ class TestJournal:
             match="schema 99 is newer than this ocrwatch understands; upgrade ocrwatch",
         ):
             Journal(path)
-        assert 1 == version
+        assert 2 == version
+
+    def test_a_version_1_journal_is_migrated_and_claims_use_the_backlog_index(
+        self, tmp_path
+    ):
+        """Upgrading keeps every row; claiming then walks an index instead of sorting the backlog."""
+        path = tmp_path / "j.sqlite3"
+        db = sqlite3.connect(path)
+        db.executescript(
+            f"BEGIN; {MIGRATIONS[0]}; PRAGMA user_version=1; COMMIT;"  # noqa: S608 -- our own schema
+            "INSERT INTO files(path, root, size, mtime_ns, state, created_at, updated_at)"
+            " VALUES ('/in/a.png', '/in', 1, 1, 'queued', 0, 0);"
+        )
+        db.close()
+
+        journal = Journal(path)
+        job = journal.claim(now=1.0)
+        journal.close()
+
+        db = sqlite3.connect(path)
+        plan = db.execute(f"EXPLAIN QUERY PLAN {CLAIM_SQL}", (1.0, 1.0)).fetchall()
+        assert 2 == db.execute("PRAGMA user_version").fetchone()[0]
+        db.close()
+        assert job is not None
+        assert Path("/in/a.png") == job.path
+        assert "files_todo" in " ".join(str(row) for row in plan)
+        assert "TEMP B-TREE" not in " ".join(str(row) for row in plan)
 
     def test_corrupt_journal_is_a_journal_error(self, tmp_path):
         """A file that is not SQLite gives a JournalError naming it, not a traceback."""
