@@ -20,21 +20,26 @@ MASK: Final = "**********"
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
+_known: re.Pattern[str] | None = (
+    None  # every registered secret, longest first, in one pattern
+)
 
 
 def register_secret(value: str) -> None:
     """Mask `value` in every log line from now on."""
+    global _known
     if len(value) >= 4:
         with _secrets_lock:
-            _secrets.add(value)
+            if value not in _secrets:
+                _secrets.add(value)
+                ordered = sorted(_secrets, key=len, reverse=True)
+                _known = re.compile("|".join(map(re.escape, ordered)))
 
 
 def redact_text(text: str) -> str:
-    with _secrets_lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, MASK)
+    known = _known
+    if known is not None:
+        text = known.sub(MASK, text)
     return _BEARER.sub(lambda m: m.group(1) + MASK, text)
 
 

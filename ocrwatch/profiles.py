@@ -25,6 +25,7 @@ from ocrwatch.errors import ConfigError
 from ocrwatch.settings import Settings, nearest
 
 OVERRIDE_NAME: Final = ".ocrwatch.yaml"
+MEMO_LIMIT: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,21 +109,35 @@ class ProfileBook:
         self._config = config
         self._lock = threading.Lock()
         self._cache: dict[Path, tuple[tuple[int, int], OverrideSpec | str]] = {}
+        # Most files of a burst share a folder: merge its profile and overrides once. The key
+        # holds each override file's version, so an edit or a removal makes a new entry.
+        self._resolved: dict[tuple[object, ...], Resolved] = {}
 
     def resolve_for(self, path: Path, root: Path, profile: str) -> Resolved:
         """Settings for `path` under watched `root`; raises ConfigError for an invalid override file."""
-        overrides = [
-            Override(candidate, spec)
+        found = [
+            (candidate, loaded)
             for directory in override_dirs(root, path.parent)
-            if (spec := self._load(candidate := directory / OVERRIDE_NAME)) is not None
+            if (loaded := self._load(candidate := directory / OVERRIDE_NAME))
+            is not None
         ]
-        return resolve(profile, self._config.profiles, overrides)
+        memo_key = (profile, *((c, version) for c, (version, _) in found))
+        with self._lock:
+            resolved = self._resolved.get(memo_key)
+        if resolved is None:
+            overrides = [Override(c, spec) for c, (_, spec) in found]
+            resolved = resolve(profile, self._config.profiles, overrides)
+            with self._lock:
+                if len(self._resolved) >= MEMO_LIMIT:  # old versions of edited files
+                    self._resolved.clear()
+                self._resolved[memo_key] = resolved
+        return resolved
 
     def invalidate(self, path: Path) -> None:
         with self._lock:
             self._cache.pop(path, None)
 
-    def _load(self, path: Path) -> OverrideSpec | None:
+    def _load(self, path: Path) -> tuple[tuple[int, int], OverrideSpec] | None:
         try:
             st = path.stat()
         except OSError:
@@ -140,6 +155,7 @@ class ProfileBook:
             cached = (key, result)
             with self._lock:
                 self._cache[path] = cached
-        if isinstance(cached[1], str):
-            raise ConfigError(cached[1])
-        return cached[1]
+        version, spec = cached
+        if isinstance(spec, str):
+            raise ConfigError(spec)
+        return version, spec
