@@ -76,9 +76,7 @@ def test_a_rejected_file_raises_in_the_parent(uploader, tmp_path):
         uploader.upload(empty, Settings())
 
 
-def test_after_a_401_the_child_gets_its_new_token_from_the_parent(
-    emulator, tmp_path
-):
+def test_after_a_401_the_child_gets_its_new_token_from_the_parent(emulator, tmp_path):
     """Tokens revoked mid-run: one refresh for the whole daemon, asked for over the pipe."""
     up, client = make_uploader(emulator.url, tmp_path, slots=2)
     try:
@@ -98,7 +96,8 @@ def test_after_a_401_the_child_gets_its_new_token_from_the_parent(
     assert 1 == statuses.count(401)
     assert 2 == emulator.token_calls
     assert client.tokens is not None
-    assert client.tokens.get() == emulator.issued_tokens()[-1]  # the parent's cache has it
+    # the parent's cache holds the new token
+    assert client.tokens.get() == emulator.issued_tokens()[-1]
 
 
 def test_refused_credentials_raise_before_anything_is_sent(emulator, tmp_path):
