@@ -65,7 +65,7 @@ def test_a_child_submits_and_writes_the_guid(emulator, uploader, tmp_path):
     [received] = emulator.submissions()
     assert hashlib.sha256(path.read_bytes()).hexdigest() == received["image_sha256"]
     assert "German" == received["settings"]["language"]
-    assert [] == os.listdir(tmp_path / "staging")  # nothing is left behind in staging
+    assert [] == list((tmp_path / "staging").iterdir())  # nothing left behind there
 
 
 def test_a_rejected_file_raises_in_the_parent(uploader, tmp_path):
@@ -103,7 +103,7 @@ def test_after_a_401_the_child_gets_its_new_token_from_the_parent(emulator, tmp_
 def test_refused_credentials_raise_before_anything_is_sent(emulator, tmp_path):
     up, _ = make_uploader(emulator.url, tmp_path, secret="wrong")
     try:
-        with pytest.raises(AuthError, match="check api.client_id"):
+        with pytest.raises(AuthError, match=r"check api\.client_id"):
             up.upload(write_png(tmp_path / "a.png", seed=1), Settings())
     finally:
         up.close()
@@ -132,9 +132,11 @@ def test_a_killed_child_fails_one_upload_as_transient_and_is_replaced(
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: _gone(pid), 10, "the child to die")
 
-    with capture_logs() as logs:
-        with pytest.raises(TransientApiError, match="upload process stopped"):
-            uploader.upload(write_png(tmp_path / "a.png", seed=1), Settings())
+    with (
+        capture_logs() as logs,
+        pytest.raises(TransientApiError, match="upload process stopped"),
+    ):
+        uploader.upload(write_png(tmp_path / "a.png", seed=1), Settings())
     upload = uploader.upload(write_png(tmp_path / "b.png", seed=2), Settings())
 
     assert (tmp_path / "b.png.guid").read_text() == f"{upload.submission.guid}\n"
