@@ -20,6 +20,9 @@ from tests.images import png_bytes
 OCRWATCH = [sys.executable, "-m", "ocrwatch"]
 CLIENT_ID = "bench"
 SECRET = "bench-secret-0123456789"
+EMULATOR_PIDS: dict[
+    str, int
+] = {}  # url -> pid, so a benchmark can read the server's CPU
 
 
 @contextmanager
@@ -42,6 +45,7 @@ def emulator(*extra: str) -> Iterator[str]:
     )
     assert proc.stdout is not None
     url = proc.stdout.readline().strip()
+    EMULATOR_PIDS[url] = proc.pid
     try:
         yield url
     finally:

@@ -148,6 +148,11 @@ class ImageBody:
     def __len__(self) -> int:
         return len(self.prefix) + base64_length(self.size) + len(self.suffix)
 
+    def payload(self) -> bytes | ImageBody:
+        """One buffer for an image that fits in one chunk (one send, no per-chunk work in
+        `requests`); a bigger one streams, so memory does not grow with it."""
+        return b"".join(self) if self.size <= CHUNK_BYTES else self
+
     def __iter__(self) -> Iterator[bytes]:
         self.sha256 = hashlib.sha256()
         yield self.prefix
@@ -279,7 +284,11 @@ class OcrClient:
             headers["Authorization"] = f"Bearer {token}"
         try:
             return self._session().request(
-                method, url, data=body, headers=headers, timeout=self._timeout
+                method,
+                url,
+                data=None if body is None else body.payload(),
+                headers=headers,
+                timeout=self._timeout,
             )
         except FileChangedError:
             raise

@@ -87,6 +87,19 @@ def _restore_sidecar(found: Found, guid: str) -> None:
     log.info("sidecar.restored", path=found.key, guid=guid)
 
 
+def _make_uploader(config: Config, client: OcrClient, staging: Path) -> Uploader:
+    if config.api.upload_processes:
+        try:
+            return ProcessUploader(
+                config.api, client.tokens, config.api.concurrency, staging=staging
+            )
+        except OSError as exc:  # a process limit, or a sandbox without fork
+            log.warning(
+                "uploader.processes_unavailable", error=str(exc), fallback="threads"
+            )
+    return LocalUploader(client, config.api.concurrency, staging=staging)
+
+
 class Daemon:
     def __init__(
         self,
@@ -136,13 +149,7 @@ class Daemon:
         client = OcrClient(config.api, credentials, auth_retry_s=AUTH_RETRY_S)
         staging = config.state_dir / "staging"
         staging.mkdir(exist_ok=True)
-        uploader: Uploader = (
-            ProcessUploader(
-                config.api, client.tokens, config.api.concurrency, staging=staging
-            )
-            if config.api.upload_processes
-            else LocalUploader(client, config.api.concurrency, staging=staging)
-        )
+        uploader = _make_uploader(config, client, staging)
         previous = getattr(self, "submitter", None)
         self.book = ProfileBook(config)
         self.submitter = Submitter(

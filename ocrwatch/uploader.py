@@ -156,8 +156,12 @@ class ProcessUploader:
         self._lock = threading.Lock()
         self._children: list[_Child] = []
         self._closed = False
-        for _ in range(slots):
-            self._idle.put(self._spawn())
+        try:
+            for _ in range(slots):
+                self._idle.put(self._spawn())
+        except BaseException:
+            self.close()
+            raise
 
     def _spawn(self) -> _Child:
         parent_end, child_end = self._ctx.Pipe()

@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 
 from ocrwatch.journal import Journal
+from ocrwatch.uploader import LocalUploader, ProcessUploader
 
 from .conftest import wait_until, write_config
 from .daemon_harness import daemon_thread, sha256, sidecars
@@ -32,12 +33,22 @@ def folder_config(tmp_path, inbox, emulator):
     return make
 
 
+@pytest.mark.parametrize(
+    "processes", [True, False], ids=["upload-processes", "upload-threads"]
+)
 def test_200_images_in_a_recursive_tree_each_sent_exactly_once(
-    folder_config, inbox, emulator
+    tmp_path, inbox, emulator, processes
 ):
     """Every one of 200 files dropped into nested folders gets its sidecar; each sha256 arrives once."""
-    config = folder_config()
-    with daemon_thread(config):
+    config = write_config(
+        tmp_path / "config.yaml",
+        emulator.url,
+        [{"path": str(inbox), "settle_seconds": 0.3}],
+        api={"upload_processes": processes},
+    )
+    with daemon_thread(config) as daemon:
+        kind = ProcessUploader if processes else LocalUploader
+        assert isinstance(daemon.submitter.uploader, kind)
         files = [
             write_png(inbox / f"d{i % 7}" / f"e{i % 3}" / f"scan-{i:04d}.png", i)
             for i in range(200)
