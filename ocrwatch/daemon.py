@@ -88,16 +88,16 @@ def _restore_sidecar(found: Found, guid: str) -> None:
 
 
 def _make_uploader(config: Config, client: OcrClient, staging: Path) -> Uploader:
-    if config.api.upload_processes:
-        try:
-            return ProcessUploader(
-                config.api, client.tokens, config.api.concurrency, staging=staging
-            )
-        except OSError as exc:  # a process limit, or a sandbox without fork
-            log.warning(
-                "uploader.processes_unavailable", error=str(exc), fallback="threads"
-            )
-    return LocalUploader(client, config.api.concurrency, staging=staging)
+    threads = LocalUploader(client, config.api.concurrency, staging=staging)
+    if not config.api.upload_processes:
+        return threads
+    return ProcessUploader(
+        config.api,
+        client.tokens,
+        config.api.concurrency,
+        fallback=threads,
+        staging=staging,
+    )
 
 
 class Daemon:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import secrets
 from enum import StrEnum
@@ -91,7 +92,8 @@ def _write_anonymous(
     replace it).
     """
     tmpfile = getattr(os, "O_TMPFILE", None)
-    if tmpfile is None or target.exists():
+    # No stat for an existing sidecar first: the link then fails with EEXIST.
+    if tmpfile is None:
         return False
     places = [target.parent]
     if staging is not None and _same_device(staging, dir_fd):
@@ -130,9 +132,15 @@ def _write_anonymous(
 
 def _same_device(folder: Path, dir_fd: int) -> bool:
     try:
-        return folder.stat().st_dev == os.fstat(dir_fd).st_dev
+        return _device(folder) == os.fstat(dir_fd).st_dev
     except OSError:
         return False
+
+
+@functools.lru_cache(maxsize=8)
+def _device(folder: Path) -> int:
+    """Cached: a remount since is caught by the link failing with EXDEV."""
+    return folder.stat().st_dev
 
 
 def _write_named(target: Path, data: bytes) -> None:

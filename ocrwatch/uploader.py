@@ -137,7 +137,12 @@ class _Child:
 
 
 class ProcessUploader:
-    """`slots` single-threaded child processes, each running one upload at a time."""
+    """`slots` single-threaded child processes, each running one upload at a time.
+
+    The children start in the background, so that the catch-up scan does not wait for them; an
+    upload waits for a free child. If they cannot be started at all (a process limit, a sandbox
+    without fork), uploads go through `fallback` instead.
+    """
 
     def __init__(
         self,
@@ -145,23 +150,39 @@ class ProcessUploader:
         tokens: TokenSource | None,
         slots: int,
         *,
+        fallback: Uploader,
         staging: Path | None = None,
     ) -> None:
         self._api = api
         self._staging = staging
         self._tokens = tokens
+        self._fallback = fallback
         self._ctx = multiprocessing.get_context("forkserver")
         self._ctx.set_forkserver_preload(["ocrwatch.uploader"])
-        self._idle: queue.SimpleQueue[_Child] = queue.SimpleQueue()
+        # None in the queue means "no child will come: use the fallback".
+        self._idle: queue.SimpleQueue[_Child | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._children: list[_Child] = []
         self._closed = False
+        self._starter = threading.Thread(
+            target=self._start, args=(slots,), name="uploader-start", daemon=True
+        )
+        self._starter.start()
+
+    def _start(self, slots: int) -> None:
+        started = 0
         try:
             for _ in range(slots):
-                self._idle.put(self._spawn())
-        except BaseException:
-            self.close()
-            raise
+                self._release(self._spawn())
+                started += 1
+        except Exception as exc:  # noqa: BLE001 -- any failure here means "use threads"
+            log.warning(
+                "uploader.processes_unavailable",
+                error=f"{type(exc).__name__}: {exc}",
+                fallback="threads",
+            )
+            for _ in range(slots - started):
+                self._idle.put(None)
 
     def _spawn(self) -> _Child:
         parent_end, child_end = self._ctx.Pipe()
@@ -182,20 +203,30 @@ class ProcessUploader:
         # A refusal is raised here, before a slot is taken: nothing is sent.
         token = self._tokens.get() if self._tokens else None
         child = self._idle.get()
+        if child is None:
+            self._idle.put(None)
+            return self._fallback.upload(path, settings)
         try:
-            return self._exchange(child, (path, settings, token))
+            answer = self._exchange(child, (path, settings, token))
         except (EOFError, OSError):
             # Killed (the OOM killer, an operator): this file is retried later, the slot replaced.
             log.error("uploader.child_died", pid=child.process.pid, path=str(path))
-            self._discard(child)
-            child = self._spawn()
+            child = self._replace(child)
             raise TransientApiError("the upload process stopped unexpectedly") from None
+        except BaseException:
+            # Cut off mid-conversation (a bug): the child may still be waiting for a reply, so
+            # its next job would be read as that reply. It is not reused.
+            child = self._replace(child)
+            raise
         finally:
             self._release(child)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
     def _exchange(
         self, child: _Child, job: tuple[Path, Settings, str | None]
-    ) -> Upload:
+    ) -> Upload | Exception:
         """Send a job, then serve the child's token requests and log events until it answers."""
         child.conn.send(job)
         while True:
@@ -204,12 +235,18 @@ class ProcessUploader:
                 upload: Upload = payload[0]
                 return upload
             if kind == "error":
-                raise rebuild(*payload)
+                return rebuild(*payload)
             if kind == "log":
                 method, event, fields = payload
                 getattr(log, method)(event, **fields)
             elif kind == "token":
                 child.conn.send(self._fresh_token(payload[0]))
+
+    def _replace(self, child: _Child) -> _Child:
+        self._discard(child)
+        child.process.kill()
+        child.process.join(CHILD_STOP_S)
+        return self._spawn()
 
     def _fresh_token(self, stale: str | None) -> tuple[Any, ...]:
         assert self._tokens is not None, "a trial child never asks for a token"
@@ -219,6 +256,11 @@ class ProcessUploader:
             return ("token", self._tokens.get())
         except ApiError as exc:
             return ("error", *describe(exc))
+
+    def wait_started(self, timeout_s: float) -> bool:
+        """For tests: True once every child has been started (or given up on)."""
+        self._starter.join(timeout_s)
+        return not self._starter.is_alive()
 
     def _release(self, child: _Child) -> None:
         with self._lock:
@@ -246,12 +288,15 @@ class ProcessUploader:
         """Stop the idle children now and the busy ones as soon as their upload is done."""
         with self._lock:
             self._closed = True
+        self._starter.join()  # a child it starts from now on is stopped at once
         while True:
             try:
                 child = self._idle.get_nowait()
             except queue.Empty:
-                return
-            self._stop(child)
+                break
+            if child is not None:
+                self._stop(child)
+        self._fallback.close()
 
 
 class _RemoteTokens:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from pydantic import SecretStr
@@ -16,9 +18,9 @@ from ocrwatch.client import OcrClient
 from ocrwatch.config import Credentials, parse_config
 from ocrwatch.errors import AuthError, RejectedError, TransientApiError
 from ocrwatch.settings import Settings
-from ocrwatch.uploader import ProcessUploader
+from ocrwatch.uploader import LocalUploader, ProcessUploader
 
-from .conftest import CLIENT_ID, SECRET, wait_until
+from .conftest import CLIENT_ID, SECRET, fetch_token, wait_until
 from .images import write_png
 
 
@@ -36,10 +38,15 @@ def make_uploader(
     client = OcrClient(config.api, Credentials(CLIENT_ID, SecretStr(secret)))
     staging = tmp_path / "staging"
     staging.mkdir()
-    return (
-        ProcessUploader(config.api, client.tokens, slots, staging=staging),
-        client,
+    up = ProcessUploader(
+        config.api,
+        client.tokens,
+        slots,
+        fallback=LocalUploader(client, slots, staging=staging),
+        staging=staging,
     )
+    assert up.wait_started(30)
+    return up, client
 
 
 @pytest.fixture
@@ -142,6 +149,74 @@ def test_a_killed_child_fails_one_upload_as_transient_and_is_replaced(
     assert (tmp_path / "b.png.guid").read_text() == f"{upload.submission.guid}\n"
     assert [pid] != child_pids(uploader)
     assert ["uploader.child_died"] == [e["event"] for e in logs]
+
+
+class FlakyTokens:
+    """A token source that breaks (a bug, not an API error) when asked for a second token."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.token: str | None = None
+        self.fetches = 0
+
+    def get(self) -> str:
+        if self.token is None:
+            self.fetches += 1
+            if self.fetches == 2:
+                raise RuntimeError("bug in the token source")
+            self.token = fetch_token(self.url)
+        return self.token
+
+    def invalidate(self, token: str) -> None:
+        if token == self.token:
+            self.token = None
+
+
+def test_a_child_cut_off_mid_conversation_is_not_reused(emulator, tmp_path):
+    """The child still waits for its token when the parent gives up: a new child takes the slot."""
+    up, _ = make_uploader(emulator.url, tmp_path)
+    up._tokens = FlakyTokens(emulator.url)
+    try:
+        [first] = child_pids(up)
+        up.upload(write_png(tmp_path / "a.png", seed=1), Settings())
+        emulator.expire_tokens()
+        with pytest.raises(RuntimeError, match="bug in the token source"):
+            up.upload(write_png(tmp_path / "b.png", seed=2), Settings())
+        upload = up.upload(write_png(tmp_path / "c.png", seed=3), Settings())
+        after = child_pids(up)
+    finally:
+        up.close()
+
+    assert first not in after
+    assert 1 == len(after)
+    assert (tmp_path / "c.png.guid").read_text() == f"{upload.submission.guid}\n"
+    assert not (tmp_path / "b.png.guid").exists()
+
+
+def test_without_child_processes_uploads_go_through_the_fallback(emulator, tmp_path):
+    """Children that cannot be started (here: an API config that cannot be sent to them) are
+    reported once, and every upload is still done, in threads."""
+    (tmp_path / "x").mkdir()
+    spare, client = make_uploader(emulator.url, tmp_path / "x")
+    spare.close()
+    unsendable = SimpleNamespace(lock=threading.Lock())
+    with capture_logs() as logs:
+        up = ProcessUploader(
+            unsendable,  # type: ignore[arg-type]
+            client.tokens,
+            2,
+            fallback=LocalUploader(client, 2),
+        )
+        assert up.wait_started(30)
+    try:
+        upload = up.upload(write_png(tmp_path / "a.png", seed=1), Settings())
+    finally:
+        up.close()
+
+    assert (tmp_path / "a.png.guid").read_text() == f"{upload.submission.guid}\n"
+    [warning] = [e for e in logs if e["event"] == "uploader.processes_unavailable"]
+    assert "threads" == warning["fallback"]
+    assert [] == child_pids(up)
 
 
 def test_close_stops_every_child(emulator, tmp_path):
