@@ -158,6 +158,19 @@ class Journal:
                     f"{self.path}: journal write failed ({exc}); check the disk under state_dir"
                 ) from None
 
+    def _write(self, sql: str, params: tuple[object, ...]) -> list[sqlite3.Row]:
+        """One statement, which SQLite makes atomic on its own: no BEGIN/COMMIT round trips.
+
+        All rows are fetched, because an UPDATE ... RETURNING is not done before that.
+        """
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise JournalError(
+                    f"{self.path}: journal write failed ({exc}); check the disk under state_dir"
+                ) from None
+
     def _query(self, sql: str, params: Iterable[object] = ()) -> list[sqlite3.Row]:
         with self._lock:
             try:
@@ -236,20 +249,19 @@ class Journal:
 
     def claim(self, now: float) -> Job | None:
         """Take the next due file for submission, or None if nothing is due."""
-        with self._tx() as db:
-            row = db.execute(CLAIM_SQL, (now, now)).fetchone()
-        if row is None:
+        rows = self._write(CLAIM_SQL, (now, now))
+        if not rows:
             return None
-        return Job(Path(row[0]), Path(row[1]), row[2], row[3], row[4])
+        path, root, size, mtime_ns, attempts = rows[0]
+        return Job(Path(path), Path(root), size, mtime_ns, attempts)
 
     def _set(
         self, path: Path, now: float, sql: str, params: tuple[object, ...]
     ) -> None:
-        with self._tx() as db:
-            db.execute(
-                f"UPDATE files SET {sql}, updated_at=? WHERE path=?",
-                (*params, now, str(path)),
-            )
+        self._write(
+            f"UPDATE files SET {sql}, updated_at=? WHERE path=?",
+            (*params, now, str(path)),
+        )
 
     def mark_submitted(
         self,

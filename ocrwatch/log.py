@@ -17,30 +17,32 @@ from typing import Any, Final, TextIO
 import structlog
 
 MASK: Final = "**********"
-_BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
+_BEARER = re.compile(r"((?i:bearer)\s+)[A-Za-z0-9._~+/=-]+")
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
-_known: re.Pattern[str] | None = (
-    None  # every registered secret, longest first, in one pattern
-)
+# Any bearer token and every registered secret (longest first) in one pattern: one pass per value.
+_pattern: re.Pattern[str] = _BEARER
 
 
 def register_secret(value: str) -> None:
     """Mask `value` in every log line from now on."""
-    global _known
+    global _pattern
     if len(value) >= 4:
         with _secrets_lock:
             if value not in _secrets:
                 _secrets.add(value)
                 ordered = sorted(_secrets, key=len, reverse=True)
-                _known = re.compile("|".join(map(re.escape, ordered)))
+                secrets = "|".join(map(re.escape, ordered))
+                _pattern = re.compile(f"{_BEARER.pattern}|{secrets}")
+
+
+def _mask(match: re.Match[str]) -> str:
+    bearer = match.group(1)  # the "Bearer " before a token, when that branch matched
+    return MASK if bearer is None else bearer + MASK
 
 
 def redact_text(text: str) -> str:
-    known = _known
-    if known is not None:
-        text = known.sub(MASK, text)
-    return _BEARER.sub(lambda m: m.group(1) + MASK, text)
+    return _pattern.sub(_mask, text)
 
 
 def _redact_value(value: Any) -> Any:
