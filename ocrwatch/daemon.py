@@ -165,9 +165,10 @@ class Daemon:
     def _serve(self, config: Config, credentials: Credentials | None) -> int:
         self._apply(config, credentials)
         resumed = self.journal.resume(self.clock())
+        # Two threads more than upload slots: they claim and record while the slots upload.
         self.pool = WorkerPool(
             self.journal,
-            config.api.concurrency + 2,  # at most `concurrency` upload; see Submitter
+            config.api.concurrency + 2,
             lambda: self.submitter,
             self._profile_for,
             self._on_result,
