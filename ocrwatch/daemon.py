@@ -117,6 +117,9 @@ class Daemon:
         self.watchers: dict[Path, FolderWatcher] = {}
         self.missing: set[Path] = set()
         self._rescans: set[Path] = set()
+        self._override_edits: dict[
+            Path, float
+        ] = {}  # .ocrwatch.yaml -> release held at
         self._scan_thread: threading.Thread | None = None
         self._stop_scan = threading.Event()
         self.scans_done = 0  # folders scanned so far; tests wait on it
@@ -259,12 +262,9 @@ class Daemon:
             return  # most events under load are our own sidecars appearing
         if event.path.name == OVERRIDE_NAME:
             self.book.invalidate(event.path)
-            released = self.journal.release_held(event.path.parent, now)
-            if released:
-                log.info(
-                    "profile.override_changed", path=str(event.path), released=released
-                )
-                self.pool.wake()
+            # Release what it held once it has been quiet for a moment: the first event of an
+            # edit in place is the truncation, and an empty file would release them unconfigured.
+            self._override_edits[event.path] = now + folder.settle_seconds
             return
         try:
             rel = event.path.relative_to(event.root)
@@ -307,8 +307,20 @@ class Daemon:
                         Look(found.size, found.mtime_ns),
                     )
 
+    def _release_edited_overrides(self, now: float) -> None:
+        due = [path for path, at in self._override_edits.items() if at <= now]
+        for path in due:
+            del self._override_edits[path]
+            self.book.invalidate(path)
+            released = self.journal.release_held(path.parent, now)
+            if released:
+                log.info("profile.override_changed", path=str(path), released=released)
+                self.pool.wake()
+
     def _settle_due(self) -> None:
         now = self.clock()
+        if self._override_edits:
+            self._release_edited_overrides(now)
         settled = []
         for path, root in self.tracker.due(now):
             st = regular_file_stat(path, self.roots)
