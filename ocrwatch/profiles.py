@@ -26,6 +26,7 @@ from ocrwatch.settings import Settings, nearest
 
 OVERRIDE_NAME: Final = ".ocrwatch.yaml"
 MEMO_LIMIT: Final = 4096
+Version = tuple[int, int, int]  # an override file's (mtime_ns, size, inode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +109,7 @@ class ProfileBook:
     def __init__(self, config: Config) -> None:
         self._config = config
         self._lock = threading.Lock()
-        self._cache: dict[Path, tuple[tuple[int, int], OverrideSpec | str]] = {}
+        self._cache: dict[Path, tuple[Version, OverrideSpec | str]] = {}
         # Most files of a burst share a folder: merge its profile and overrides once. The key
         # holds each override file's version, so an edit or a removal makes a new entry.
         self._resolved: dict[tuple[object, ...], Resolved] = {}
@@ -137,13 +138,17 @@ class ProfileBook:
         with self._lock:
             self._cache.pop(path, None)
 
-    def _load(self, path: Path) -> tuple[tuple[int, int], OverrideSpec] | None:
+    def _load(self, path: Path) -> tuple[Version, OverrideSpec] | None:
         try:
             st = path.stat()
         except OSError:
             self.invalidate(path)
             return None
-        key = (st.st_mtime_ns, st.st_size)
+        key = (
+            st.st_mtime_ns,
+            st.st_size,
+            st.st_ino,
+        )  # a rename-based save is a new inode
         with self._lock:
             cached = self._cache.get(path)
         if cached is None or cached[0] != key:
