@@ -311,7 +311,6 @@ class Daemon:
         due = [path for path, at in self._override_edits.items() if at <= now]
         for path in due:
             del self._override_edits[path]
-            self.book.invalidate(path)
             released = self.journal.release_held(path.parent, now)
             if released:
                 log.info("profile.override_changed", path=str(path), released=released)

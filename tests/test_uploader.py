@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from ocrwatch.client import OcrClient
-from ocrwatch.config import Credentials, parse_config
+from ocrwatch.config import ApiConfig, Credentials, parse_config
 from ocrwatch.errors import AuthError, RejectedError, TransientApiError
 from ocrwatch.settings import Settings
 from ocrwatch.uploader import LocalUploader, ProcessUploader
@@ -24,9 +24,9 @@ from .conftest import CLIENT_ID, SECRET, fetch_token, wait_until
 from .images import write_png
 
 
-def make_uploader(
-    url: str, tmp_path: Path, *, slots: int = 1, secret: str = SECRET
-) -> tuple[ProcessUploader, OcrClient]:
+def make_client(
+    url: str, tmp_path: Path, secret: str = SECRET
+) -> tuple[OcrClient, ApiConfig]:
     config = parse_config(
         {
             "api": {"base_url": url, "retry": {"max_attempts": 3, "max_delay": 0.2}},
@@ -35,11 +35,17 @@ def make_uploader(
         },
         "test",
     )
-    client = OcrClient(config.api, Credentials(CLIENT_ID, SecretStr(secret)))
+    return OcrClient(config.api, Credentials(CLIENT_ID, SecretStr(secret))), config.api
+
+
+def make_uploader(
+    url: str, tmp_path: Path, *, slots: int = 1, secret: str = SECRET
+) -> tuple[ProcessUploader, OcrClient]:
+    client, config_api = make_client(url, tmp_path, secret)
     staging = tmp_path / "staging"
     staging.mkdir()
     up = ProcessUploader(
-        config.api,
+        config_api,
         client.tokens,
         slots,
         fallback=LocalUploader(client, slots, staging=staging),
@@ -196,9 +202,7 @@ def test_a_child_cut_off_mid_conversation_is_not_reused(emulator, tmp_path):
 def test_without_child_processes_uploads_go_through_the_fallback(emulator, tmp_path):
     """Children that cannot be started (here: an API config that cannot be sent to them) are
     reported once, and every upload is still done, in threads."""
-    (tmp_path / "x").mkdir()
-    spare, client = make_uploader(emulator.url, tmp_path / "x")
-    spare.close()
+    client, _ = make_client(emulator.url, tmp_path)
     unsendable = SimpleNamespace(lock=threading.Lock())
     with capture_logs() as logs:
         up = ProcessUploader(
@@ -210,13 +214,14 @@ def test_without_child_processes_uploads_go_through_the_fallback(emulator, tmp_p
         assert up.wait_started(30)
     try:
         upload = up.upload(write_png(tmp_path / "a.png", seed=1), Settings())
+        started = child_pids(up)
     finally:
         up.close()
 
+    assert [] == started
     assert (tmp_path / "a.png.guid").read_text() == f"{upload.submission.guid}\n"
     [warning] = [e for e in logs if e["event"] == "uploader.processes_unavailable"]
     assert "threads" == warning["fallback"]
-    assert [] == child_pids(up)
 
 
 def test_close_stops_every_child(emulator, tmp_path):
