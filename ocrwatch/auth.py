@@ -1,7 +1,8 @@
 """The OAuth client-credentials token: fetch it, cache it until shortly before expiry, drop it on 401.
 
 The token endpoint locks a credential pair for 10 minutes after 5 refusals, so a refusal is
-remembered and re-raised without another call until the caller resets it or its wait is over.
+remembered and re-raised without another call until its wait is over. New credentials (a reload)
+come with a new cache.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Final
 
 import requests
 
@@ -20,12 +21,6 @@ from ocrwatch.log import register_secret
 from ocrwatch.retry import parse_retry_after
 
 REFRESH_MARGIN_S: Final = 60.0
-
-
-class TokenSource(Protocol):
-    def get(self) -> str: ...
-
-    def invalidate(self, token: str) -> None: ...
 
 
 class TokenCache:
@@ -78,12 +73,6 @@ class TokenCache:
         with self._lock:
             if self._token == token:
                 self._token = None
-
-    def reset(self) -> None:
-        """Forget a remembered refusal, e.g. after the credentials were changed and reloaded."""
-        with self._lock:
-            self._refusal = None
-            self._refused_until = 0.0
 
 
 def fetch_token(

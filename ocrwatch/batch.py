@@ -1,6 +1,7 @@
-"""`ocrwatch submit`: expand the given paths, send them through a worker pool, summarise.
+"""`ocrwatch submit`: expand the given paths into jobs, take each through the job loop, summarise.
 
-No journal here: a file counts as done when it has a sidecar no older than itself.
+It uses `run`'s journal: every file is claimed there before it is sent, so `submit` and a running
+daemon never send one file at once, and `status` shows what `submit` did.
 """
 
 from __future__ import annotations
@@ -8,7 +9,8 @@ from __future__ import annotations
 import shutil
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,134 +18,141 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ocrwatch.config import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, Config, FolderConfig
-from ocrwatch.selection import walk_candidates
+from ocrwatch.jobloop import JobLoop, Outcome, restore_guid
+from ocrwatch.journal import Job, Journal
+from ocrwatch.selection import deepest_root, walk_candidates
 from ocrwatch.sidecar import existing_sidecar, has_current_sidecar, is_sidecar_name
-from ocrwatch.submitter import Outcome, Result, Submitter
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    path: Path
-    root: Path
-    profile: str
 
 
 @dataclass
 class Summary:
-    submitted: list[Result] = field(default_factory=list)
+    submitted: list[tuple[Path, str]] = field(default_factory=list)  # (path, guid)
     skipped: list[Path] = field(default_factory=list)
-    failed: list[Result] = field(default_factory=list)
+    busy: list[Path] = field(default_factory=list)  # in flight in another ocrwatch
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # (path, reason)
 
     @property
     def exit_code(self) -> int:
         return 1 if self.failed else 0
 
 
-def folder_for(path: Path, config: Config) -> FolderConfig | None:
-    """The configured folder that holds `path` (the deepest one), if any."""
-    absolute = path.absolute()
-    best: FolderConfig | None = None
-    for folder in config.folders:
-        root = folder.path.absolute()
-        if (absolute == root or root in absolute.parents) and (
-            best is None or len(root.parts) > len(best.path.absolute().parts)
-        ):
-            best = folder
-    return best
-
-
 def expand(
-    paths: Sequence[Path], config: Config, profile: str | None
-) -> tuple[list[Target], list[Path]]:
-    """Files to send (folders expanded by their include/exclude rules) and those already done."""
-    targets: list[Target] = []
-    skipped: list[Path] = []
+    paths: Sequence[Path], config: Config, profile: str | None, summary: Summary
+) -> list[Job]:
+    """The files to send (folders expanded by their rules); files already done go to `summary`."""
+    folders = {f.path.absolute(): f for f in config.folders}
+    jobs: list[Job] = []
     for given in paths:
-        folder = folder_for(given, config)
-        root = (
-            folder.path.absolute()
-            if folder
-            else (given.absolute() if given.is_dir() else given.absolute().parent)
-        )
+        path = given.absolute()
+        root = deepest_root(path, folders)
+        folder = None if root is None else folders[root]
         chosen = profile or (folder.profile if folder else "default")
-        if given.is_dir():
-            include = folder.include if folder else DEFAULT_INCLUDE
-            exclude = folder.exclude if folder else DEFAULT_EXCLUDE
-            recursive = folder.recursive if folder else True
-            for found_list in walk_candidates(
-                given.absolute(),
-                recursive=recursive,
-                include=include,
-                exclude=exclude,
-                roots=[root],
-            ):
-                for found in found_list:
-                    if has_current_sidecar(found.mtime_ns, found.sidecar_mtime_ns):
-                        skipped.append(found.path)
-                    else:
-                        targets.append(Target(found.path, root, chosen))
-        elif is_sidecar_name(given.name):
+        if path.is_dir():
+            jobs += _walk(path, root or path, folder, chosen, summary)
+        elif is_sidecar_name(path.name):
             continue
         else:
-            path = given.absolute()
-            sidecar = existing_sidecar(path)
-            try:
-                mtime_ns = path.stat().st_mtime_ns
-            except OSError:
-                mtime_ns = None
-            if (
-                sidecar is not None
-                and mtime_ns is not None
-                and has_current_sidecar(mtime_ns, sidecar[1])
-            ):
-                skipped.append(path)
+            job = _given_file(path, root or path.parent, chosen, summary)
+            if job is not None:
+                jobs.append(job)
+    return jobs
+
+
+def _walk(
+    directory: Path,
+    root: Path,
+    folder: FolderConfig | None,
+    profile: str,
+    summary: Summary,
+) -> list[Job]:
+    jobs = []
+    for batch in walk_candidates(
+        directory,
+        recursive=folder.recursive if folder else True,
+        include=folder.include if folder else DEFAULT_INCLUDE,
+        exclude=folder.exclude if folder else DEFAULT_EXCLUDE,
+        roots=[root],
+    ):
+        for found in batch:
+            path = Path(found.path)
+            if has_current_sidecar(found.mtime_ns, found.sidecar_mtime_ns):
+                summary.skipped.append(path)
             else:
-                targets.append(Target(path, root, chosen))
-    return targets, skipped
+                jobs.append(Job(path, root, found.size, found.mtime_ns, 0, profile))
+    return jobs
 
 
-def run_batch(
-    submitter: Submitter, targets: Sequence[Target], concurrency: int, *, progress: bool
+def _given_file(path: Path, root: Path, profile: str, summary: Summary) -> Job | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        summary.failed.append((path, "no such file or folder; check the path"))
+        return None
+    except OSError as exc:
+        summary.failed.append((path, f"cannot read it: {exc.strerror}"))
+        return None
+    sidecar = existing_sidecar(path)
+    if sidecar is not None and has_current_sidecar(st.st_mtime_ns, sidecar[1]):
+        summary.skipped.append(path)
+        return None
+    return Job(path, root, st.st_size, st.st_mtime_ns, 0, profile)
+
+
+def submit_all(
+    loop: JobLoop,
+    journal: Journal,
+    jobs: Sequence[Job],
+    summary: Summary,
+    *,
+    progress: bool,
+    clock: Callable[[], float] = time.time,
 ) -> Summary:
-    summary = Summary()
-    stop = (
-        threading.Event()
-    )  # set once the credentials are refused: the rest would fail the same way
+    """Claim and process every job, `concurrency` at a time; stop sending once refused."""
+    refused = threading.Event()  # the rest would be refused the same way
 
-    def send(target: Target) -> Result:
-        if stop.is_set():
-            return Result(
-                Outcome.AUTH,
-                target.path,
-                target.profile,
-                error="not sent: the credentials were refused",
-            )
-        result = submitter.send(target.path, target.root, target.profile)
+    def send(job: Job) -> None:
+        if refused.is_set():
+            summary.failed.append((job.path, "not sent: the credentials were refused"))
+            return
+        claimed = journal.claim_file(job, clock())
+        if claimed is None:
+            _not_claimed(job, journal, summary)
+            return
+        result = loop.process(claimed)
+        if result.outcome is Outcome.SUBMITTED and result.guid:
+            summary.submitted.append((job.path, result.guid))
+            return
         if result.outcome is Outcome.AUTH:
-            stop.set()
-        return result
+            refused.set()
+        summary.failed.append((job.path, result.error or str(result.outcome)))
 
     # A serial console or a fresh pty may report a 0x0 size, and tqdm then hides the bar as
     # "off screen"; shutil falls back to 80x24 there.
     size = shutil.get_terminal_size()
     bar = tqdm(
-        total=len(targets),
+        total=len(jobs),
         unit="file",
         disable=not progress,
         file=sys.stderr,
         ncols=size.columns,
         nrows=size.lines,
     )
-    with ThreadPoolExecutor(
-        max_workers=concurrency, thread_name_prefix="submit"
-    ) as pool:
-        futures = [pool.submit(send, t) for t in targets]
-        for future in as_completed(futures):
-            result = future.result()
-            if result.outcome is Outcome.SUBMITTED:
-                summary.submitted.append(result)
-            else:
-                summary.failed.append(result)
+    concurrency = loop.runtime.config.api.concurrency
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="submit") as pool:
+        for future in as_completed([pool.submit(send, job) for job in jobs]):
+            future.result()
             bar.update(1)
     bar.close()
     return summary
+
+
+def _not_claimed(job: Job, journal: Journal, summary: Summary) -> None:
+    """Another process has it in flight, or it was submitted with this content already."""
+    entry = journal.lookup([job.path]).get(str(job.path))
+    if entry is not None and entry.state == "submitted" and entry.guid:
+        restore_guid(
+            job.path, entry.guid
+        )  # its .guid was lost: the journal still knows it
+        summary.skipped.append(job.path)
+    else:
+        summary.busy.append(job.path)

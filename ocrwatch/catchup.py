@@ -1,22 +1,30 @@
 """The catch-up scan: find files that events missed (at start, periodically, after an overflow).
 
 It must be cheap on a folder of 100k files that are already done: os.scandir, sidecars read from
-the same listing, and journal lookups in batches. The decision per file is a pure function.
+the same listing, and journal lookups in batches. The decision per file is a pure function; the
+scans run one at a time in a thread of their own and only hand what they find to a callback.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
 from ocrwatch.config import FolderConfig
-from ocrwatch.journal import DONE_STATES, Journal, Known
+from ocrwatch.errors import JournalError
+from ocrwatch.journal import DONE_STATES, Entry, Journal
 from ocrwatch.selection import Found, walk_candidates
 from ocrwatch.sidecar import has_current_sidecar
 
+log = structlog.get_logger()
 
-def needs_submission(found: Found, known: Known | None) -> bool:
+
+def needs_submission(found: Found, known: Entry | None) -> bool:
     """Should a file the walk found be (re)considered for submission?
 
     The journal's record is authoritative; without one, a sidecar no older than the file means done.
@@ -25,10 +33,10 @@ def needs_submission(found: Found, known: Known | None) -> bool:
         return not has_current_sidecar(found.mtime_ns, found.sidecar_mtime_ns)
     if known.state in DONE_STATES:
         return (known.size, known.mtime_ns) != (found.size, found.mtime_ns)
-    return False  # queued, failed or in flight already: the workers have it
+    return False  # queued, failed or in flight already: the job loop has it
 
 
-def lost_sidecar_guid(found: Found, known: Known | None) -> str | None:
+def lost_sidecar_guid(found: Found, known: Entry | None) -> str | None:
     """The GUID to write back when a submitted, unchanged file has lost its `.guid`.
 
     Its sidecar could not be written at the time (a read-only share), or someone deleted it:
@@ -42,11 +50,8 @@ def lost_sidecar_guid(found: Found, known: Known | None) -> str | None:
         or found.sidecar_mtime_ns is not None
     ):
         return None
-    return (
-        known.guid
-        if (known.size, known.mtime_ns) == (found.size, found.mtime_ns)
-        else None
-    )
+    unchanged = (known.size, known.mtime_ns) == (found.size, found.mtime_ns)
+    return known.guid if unchanged else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +82,95 @@ def scan_folder(
         if should_stop():
             break
         seen += len(batch)
-        known = journal.lookup(f.key for f in batch)
+        known = journal.lookup(f.path for f in batch)
         for item in batch:
-            record = known.get(item.key)
+            record = known.get(item.path)
             if needs_submission(item, record):
                 found += 1
                 emit(item)
             elif (guid := lost_sidecar_guid(item, record)) is not None:
                 restore(item, guid)
     return ScanReport(root, seen, found)
+
+
+class CatchUp:
+    """Scans requested folders in one background thread, one round at a time.
+
+    Requests that arrive while a round runs (a burst of overflows, twenty reloads) are merged
+    into the next round. Only the daemon's main thread calls `request` and `start_if_due`.
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        emit: Callable[[Found], None],
+        restore: Callable[[Found, str], None],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._journal = journal
+        self._emit = emit
+        self._restore = restore
+        self._clock = clock
+        self._requested: dict[Path, str] = {}
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._finished = 0
+        self._finished_lock = threading.Lock()
+
+    @property
+    def scans_finished(self) -> int:
+        """Folders scanned to the end since the start."""
+        with self._finished_lock:
+            return self._finished
+
+    def request(self, root: Path, reason: str) -> None:
+        if root not in self._requested:
+            log.info("rescan.requested", path=str(root), reason=reason)
+        self._requested[root] = reason
+
+    def start_if_due(
+        self, folders: Mapping[Path, FolderConfig], roots: Sequence[Path]
+    ) -> None:
+        """Start a round for the requested folders that are still configured, unless one runs."""
+        if not self._requested or (self._thread and self._thread.is_alive()):
+            return
+        due = [folders[r] for r in self._requested if r in folders]
+        self._requested = {}
+        self._thread = threading.Thread(
+            target=self._scan, args=(due, list(roots)), name="scan", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Make a running round end at its next folder batch."""
+        self._stopping.set()
+
+    def _scan(self, folders: list[FolderConfig], roots: list[Path]) -> None:
+        for folder in folders:
+            started = time.monotonic()
+            try:
+                self._journal.release_held(folder.path.absolute(), self._clock())
+                report = scan_folder(
+                    folder,
+                    self._journal,
+                    roots,
+                    self._emit,
+                    self._stopping.is_set,
+                    restore=self._restore,
+                )
+            except (OSError, JournalError) as exc:
+                log.error("rescan.failed", path=str(folder.path), error=str(exc))
+                continue
+            except Exception:  # the next rescan tries again; the daemon keeps serving
+                log.exception("rescan.crashed", path=str(folder.path))
+                continue
+            with self._finished_lock:
+                self._finished += 1
+            log.info(
+                "rescan.finished",
+                path=str(report.root),
+                seen=report.seen,
+                found=report.found,
+                duration_ms=round((time.monotonic() - started) * 1000),
+            )

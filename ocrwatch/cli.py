@@ -15,21 +15,11 @@ from typing import Any
 import structlog
 
 from ocrwatch import __version__
-from ocrwatch.batch import expand, run_batch
-from ocrwatch.client import OcrClient
-from ocrwatch.config import (
-    Config,
-    Credentials,
-    config_path,
-    load_config,
-    resolve_credentials,
-)
-from ocrwatch.emulator import Emulator, Faults
+from ocrwatch.config import config_path, load_config, load_settings
 from ocrwatch.errors import ConfigError, OcrwatchError
 from ocrwatch.journal import Journal
-from ocrwatch.log import configure_logging, register_secret
-from ocrwatch.profiles import ProfileBook, resolve_profile
-from ocrwatch.submitter import Submitter
+from ocrwatch.log import configure_logging
+from ocrwatch.profiles import resolve_profile
 
 log = structlog.get_logger()
 
@@ -171,45 +161,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def load(args: argparse.Namespace) -> tuple[Config, Credentials | None, str]:
-    path = config_path(args.config, os.environ)
-    config = load_config(path)
-    credentials = resolve_credentials(config, os.environ, str(path))
-    if credentials is not None:
-        register_secret(credentials.client_secret.get_secret_value())
-    return config, credentials, str(path)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from ocrwatch.daemon import Daemon
 
-    path = config_path(args.config, os.environ)
-    return Daemon(path, os.environ).run()
+    with Daemon.open(config_path(args.config, os.environ), os.environ) as daemon:
+        return daemon.run()
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    config, credentials, _ = load(args)
+    from ocrwatch.batch import Summary, expand, submit_all
+    from ocrwatch.jobloop import JobLoop, Runtime
+
+    config, credentials = load_settings(
+        config_path(args.config, os.environ), os.environ
+    )
     if args.profile is not None and args.profile not in config.profiles:
         raise ConfigError(
             f"--profile: unknown profile `{args.profile}`; known: {', '.join(config.profiles)}"
         )
-    targets, skipped = expand(args.paths, config, args.profile)
-    client = OcrClient(config.api, credentials)
-    submitter = Submitter(client, ProfileBook(config))
-    summary = run_batch(
-        submitter, targets, config.api.concurrency, progress=sys.stderr.isatty()
-    )
-    summary.skipped.extend(skipped)
+    summary = Summary()
+    jobs = expand(args.paths, config, args.profile, summary)
+    journal = Journal(config.journal_path)
+    try:
+        loop = JobLoop(journal, Runtime.build(config, credentials))
+        submit_all(loop, journal, jobs, summary, progress=sys.stderr.isatty())
+    finally:
+        journal.close()
     print(
         f"submitted {len(summary.submitted)}, skipped {len(summary.skipped)} (sidecar present), failed {len(summary.failed)}"
     )
-    for result in sorted(summary.failed, key=lambda r: str(r.path)):
-        print(f"  failed: {result.path}: {result.error}")
+    for path in sorted(summary.busy):
+        print(f"  skipped: {path}: another ocrwatch process is submitting it")
+    for path, reason in sorted(summary.failed):
+        print(f"  failed: {path}: {reason}")
     return summary.exit_code
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config, credentials, source = load(args)
+    source = config_path(args.config, os.environ)
+    config, credentials = load_settings(source, os.environ)
     print(f"config: {source} (valid)")
     mode = (
         "trial (RecognizeImageTrial, no credentials)"
@@ -289,6 +279,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
+    # Imported here: the test server is not part of what `run` loads.
+    from ocrwatch.emulator import Emulator, Faults
+
     faults = Faults(
         rate_503=args.fail_503,
         rate_429=args.fail_429,

@@ -25,7 +25,7 @@ from typing import Final
 import requests
 
 from ocrwatch import __version__
-from ocrwatch.auth import TokenCache, TokenSource, fetch_token
+from ocrwatch.auth import TokenCache, fetch_token
 from ocrwatch.config import ApiConfig, Credentials
 from ocrwatch.errors import (
     ApiError,
@@ -41,9 +41,8 @@ from ocrwatch.settings import Settings
 GUID_RE: Final = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
-CHUNK_BYTES: Final = (
-    3 * 256 * 1024
-)  # a multiple of 3, so chunks base64-encode independently
+# A multiple of 3, so chunks base64-encode independently.
+CHUNK_BYTES: Final = 3 * 256 * 1024
 USER_AGENT: Final = f"ocrwatch/{__version__}"
 IMAGE_MAGIC: Final = (
     (b"\x89PNG\r\n\x1a\n", "PNG"),
@@ -202,25 +201,23 @@ class OcrClient:
         credentials: Credentials | None,
         *,
         policy: RetryPolicy | None = None,
-        tokens: TokenSource | None = None,
         auth_retry_s: float = math.inf,
     ) -> None:
-        self._api = api
         self._timeout = (api.timeout.connect, api.timeout.read)
         self._policy = policy or RetryPolicy(
             max_attempts=api.retry.max_attempts, max_delay_s=api.retry.max_delay
         )
         self._local = threading.local()
-        self.trial = api.trial or (credentials is None and tokens is None)
-        if tokens is None and credentials is not None and not self.trial:
+        self.trial = api.trial or credentials is None
+        self.tokens: TokenCache | None = None
+        if credentials is not None and not self.trial:
             creds = credentials
-            tokens = TokenCache(
+            self.tokens = TokenCache(
                 lambda: fetch_token(
                     self._session(), api.resolved_token_url, creds, self._timeout
                 ),
                 auth_retry_s=auth_retry_s,
             )
-        self.tokens = tokens
         endpoint = "RecognizeImageTrial" if self.trial else "RecognizeImage"
         self._url = f"{api.base_url}/v5.0/ocr/{endpoint}"
 
@@ -229,9 +226,8 @@ class OcrClient:
         if session is None:
             session = requests.Session()
             session.headers["User-Agent"] = USER_AGENT
-            session.trust_env = (
-                False  # a proxy from the environment must not see our token
-            )
+            # A proxy from the environment must not see our token.
+            session.trust_env = False
             self._local.session = session
         return session
 
@@ -259,12 +255,7 @@ class OcrClient:
             os.close(fd)
 
     def _post_image(self, body: ImageBody) -> str:
-        token = self.tokens.get() if self.tokens else None
-        response = self._send("POST", self._url, token, body)
-        if response.status_code in AUTH_STATUSES and self.tokens and token:
-            # Token revoked or expired early: one fresh token, one more try (as the Java SDK does).
-            self.tokens.invalidate(token)
-            response = self._send("POST", self._url, self.tokens.get(), body)
+        response = self._request("POST", self._url, body)
         error = error_for_status(
             response.status_code,
             problem_detail(response.text),
@@ -273,6 +264,21 @@ class OcrClient:
         if error is not None:
             raise error
         return parse_task_id(response.text)
+
+    def _request(
+        self, method: str, url: str, body: ImageBody | None = None
+    ) -> requests.Response:
+        """Send with the current token; after a 401/403, once more with a fresh one.
+
+        A token can be revoked or expire early; a second refusal is the service's real answer
+        (as the Java SDK does it).
+        """
+        token = self.tokens.get() if self.tokens else None
+        response = self._send(method, url, token, body)
+        if response.status_code in AUTH_STATUSES and self.tokens and token:
+            self.tokens.invalidate(token)
+            response = self._send(method, url, self.tokens.get(), body)
+        return response
 
     def _send(
         self, method: str, url: str, token: str | None, body: ImageBody | None = None
@@ -303,11 +309,7 @@ class OcrClient:
 
     def fetch_result(self, guid: str) -> TaskResult:
         """One GET of a task's state and, once Completed, its decoded results."""
-        token = self.tokens.get() if self.tokens else None
-        response = self._send("GET", f"{self._url}?id={guid}", token)
-        if response.status_code in AUTH_STATUSES and self.tokens and token:
-            self.tokens.invalidate(token)
-            response = self._send("GET", f"{self._url}?id={guid}", self.tokens.get())
+        response = self._request("GET", f"{self._url}?id={guid}")
         error = error_for_status(response.status_code, problem_detail(response.text))
         if error is not None:
             raise error
@@ -356,7 +358,7 @@ def parse_task_result(body: str) -> TaskResult:
 def _open_image(path: Path) -> int:
     try:
         # O_NONBLOCK: a FIFO dropped into a folder must not hang a worker on open.
-        return os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        return os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         if not os.path.lexists(path):
             raise FileChangedError(

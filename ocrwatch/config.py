@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from ocrwatch.errors import ConfigError
+from ocrwatch.log import register_secret
 from ocrwatch.settings import (
     DSR_CONFIDENCES,
     DSR_MODES,
@@ -59,6 +60,11 @@ DEFAULT_EXCLUDE: Final = (".*", "*.tmp", "*.part", "~$*")
 SECRET_ENV: Final = "OCRWATCH_CLIENT_SECRET"
 CLIENT_ID_ENV: Final = "OCRWATCH_CLIENT_ID"
 CREDENTIAL_NAME: Final = "client_secret"
+# Keys that older versions read and this one ignores: a config that still has them must not stop
+# a service from starting after an upgrade.
+RETIRED_API_KEYS: Final = {
+    "upload_processes": "uploads always run in threads now",
+}
 
 ENUMS: Final[dict[str, tuple[str, ...]]] = {
     "language": LANGUAGES,
@@ -118,7 +124,6 @@ class ApiConfig(Model):
     client_secret_file: Path | None = None
     trial: StrictBool = False
     concurrency: Annotated[int, Field(ge=1, le=64)] = 4
-    upload_processes: StrictBool = True
     timeout: Timeout = Timeout()
     retry: Retry = Retry()
 
@@ -304,7 +309,7 @@ def parse_config(data: object, source: str) -> Config:
             f"{source}: the config must be a YAML mapping with a `folders` key"
         )
     try:
-        config = Config.model_validate(data)
+        config = Config.model_validate(_without_retired_keys(data, source))
     except ValidationError as exc:
         raise translate_validation_error(exc, source, Config) from None
     if "default" not in config.profiles:
@@ -313,6 +318,25 @@ def parse_config(data: object, source: str) -> Config:
     _check_profile_references(config, source)
     _check_state_dir(config, source)
     return config
+
+
+def _without_retired_keys(data: Mapping[str, Any], source: str) -> Mapping[str, Any]:
+    api = data.get("api")
+    retired = (
+        RETIRED_API_KEYS.keys() & api.keys() if isinstance(api, Mapping) else set()
+    )
+    if not isinstance(api, Mapping) or not retired:
+        return data
+    for key in sorted(retired):
+        log.warning(
+            "config.key_ignored",
+            path=source,
+            key=f"api.{key}",
+            why=RETIRED_API_KEYS[key],
+            fix="remove it",
+        )
+    kept = {k: v for k, v in api.items() if k not in RETIRED_API_KEYS}
+    return {**data, "api": kept}
 
 
 def _check_profile_references(config: Config, source: str) -> None:
@@ -373,6 +397,17 @@ def config_path(cli_value: str | None, env: Mapping[str, str]) -> Path:
 
 def load_config(path: Path) -> Config:
     return parse_config(load_yaml(path), source=str(path))
+
+
+def load_settings(
+    path: Path, env: Mapping[str, str]
+) -> tuple[Config, Credentials | None]:
+    """The config and the credentials it points to; the secret is masked in all output from now on."""
+    config = load_config(path)
+    credentials = resolve_credentials(config, env, str(path))
+    if credentials is not None:
+        register_secret(credentials.client_secret.get_secret_value())
+    return config, credentials
 
 
 def resolve_credentials(

@@ -1,9 +1,11 @@
-"""Durable file states in SQLite (WAL): the journal is the queue workers claim from.
+"""Durable file states in SQLite (WAL): the journal is the queue that `run` and `submit` claim from.
 
 queued -> submitting -> submitted | rejected, or -> failed (transient; offered again at
 next_attempt_at). A crash leaves `submitting` rows, which `resume()` puts back in the queue, so an
 upload in flight at a crash is sent again (at-least-once). synchronous=NORMAL may lose the last
 commits on power loss, never on a process crash; the catch-up scan finds such files again.
+Several processes may open it at once (`run` and any number of `submit`s): each claim is one
+statement, so a row is never claimed twice.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, NamedTuple
+from typing import Final
 
 from ocrwatch.errors import JournalError
 
@@ -47,48 +49,56 @@ MIGRATIONS: Final = (
     CREATE INDEX files_todo ON files(next_attempt_at, created_at)
         WHERE state IN ('queued', 'failed') AND held=0;
     """,
+    # version 3: the profile `submit --profile` chose; NULL means the folder's profile
+    """
+    ALTER TABLE files ADD COLUMN profile TEXT;
+    """,
 )
 # INDEXED BY: with few rows and no statistics SQLite would pick files_due and sort the backlog.
 CLAIM_SQL: Final = (
     "UPDATE files SET state='submitting', updated_at=? WHERE path = ("
     " SELECT path FROM files INDEXED BY files_todo WHERE state IN ('queued', 'failed')"
     " AND held=0 AND next_attempt_at <= ? ORDER BY next_attempt_at, created_at LIMIT 1)"
-    " RETURNING path, root, size, mtime_ns, attempts"
+    " RETURNING path, root, size, mtime_ns, attempts, profile"
+)
+# One file claimed by path (`submit`): a new row, or one that is neither in flight elsewhere
+# nor submitted with this very content.
+CLAIM_FILE_SQL: Final = (
+    "INSERT INTO files(path, root, size, mtime_ns, state, profile, created_at, updated_at)"
+    " VALUES (?, ?, ?, ?, 'submitting', ?, ?, ?)"
+    " ON CONFLICT(path) DO UPDATE SET state='submitting', root=excluded.root,"
+    " size=excluded.size, mtime_ns=excluded.mtime_ns, profile=excluded.profile, held=0,"
+    " attempts=CASE WHEN files.state IN ('queued', 'failed') THEN files.attempts ELSE 0 END,"
+    " updated_at=excluded.updated_at"
+    " WHERE files.state != 'submitting' AND NOT (files.state='submitted'"
+    " AND files.size=excluded.size AND files.mtime_ns=excluded.mtime_ns)"
+    " RETURNING path, root, size, mtime_ns, attempts, profile"
 )
 LOOKUP_BATCH: Final = 500
 ENTRY_COLUMNS: Final = "path, size, mtime_ns, state, guid, attempts, next_attempt_at, last_error, held, updated_at"
 
 
-class Known(NamedTuple):
-    """What the journal remembers of a path, for the catch-up scan."""
-
-    size: int
-    mtime_ns: int
-    state: str
-    guid: str | None
-
-
-class Settled(NamedTuple):
-    """A file the settle check passed, as it looked then."""
-
-    path: Path
-    root: Path
-    size: int
-    mtime_ns: int
-
-
 @dataclass(frozen=True, slots=True)
 class Job:
+    """A file to submit, as it looked when it settled (or when `submit` was given it).
+
+    `profile` is None for the daemon's files, which use their folder's profile at the time they
+    are sent; `submit` stores the one it was asked for.
+    """
+
     path: Path
     root: Path
     size: int
     mtime_ns: int
-    attempts: int
+    attempts: int = 0
+    profile: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    path: Path
+    """A journal row as it stands, for the catch-up scan and `status` (the path as stored)."""
+
+    path: str
     size: int
     mtime_ns: int
     state: str
@@ -119,10 +129,11 @@ class Journal:
                 self._db = sqlite3.connect(
                     path, check_same_thread=False, isolation_level=None
                 )
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=NORMAL")
+            # First, so that a `submit` opening the journal while `run` writes waits its turn.
             self._db.execute("PRAGMA busy_timeout=5000")
             if not readonly:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
                 self._migrate()
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(
@@ -134,15 +145,21 @@ class Journal:
             self._db.close()
 
     def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(MIGRATIONS):
-            raise JournalError(
-                f"{self.path}: journal schema {version} is newer than this ocrwatch understands; upgrade ocrwatch"
-            )
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            self._db.executescript(
-                f"BEGIN IMMEDIATE; {script}; PRAGMA user_version={number}; COMMIT;"
-            )
+        """Bring the schema up to date, in one transaction that reads the version first.
+
+        `run` and `submit` may open a fresh journal at the same moment: the second waits for the
+        first and then finds nothing left to do.
+        """
+        with self._tx() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise JournalError(
+                    f"{self.path}: journal schema {version} is newer than this ocrwatch understands; upgrade ocrwatch"
+                )
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in filter(str.strip, script.split(";")):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version={number}")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -152,11 +169,17 @@ class Journal:
                 yield self._db
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                self._rollback()
                 raise JournalError(
                     f"{self.path}: journal write failed ({exc}); check the disk under state_dir"
                 ) from None
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     def _write(self, sql: str, params: tuple[object, ...]) -> list[sqlite3.Row]:
         """One statement, which SQLite makes atomic on its own: no BEGIN/COMMIT round trips.
@@ -180,24 +203,21 @@ class Journal:
                     f"{self.path}: journal read failed ({exc})"
                 ) from None
 
-    def note(
-        self, path: Path, root: Path, size: int, mtime_ns: int, now: float
-    ) -> bool:
-        """Queue a settled file unless it is already queued, in flight, or done with this content."""
-        return bool(self.note_many([Settled(path, root, size, mtime_ns)], now))
+    def note_many(self, jobs: Iterable[Job], now: float) -> list[Job]:
+        """Queue settled files in one transaction (a burst settles together); returns the queued.
 
-    def note_many(self, files: Iterable[Settled], now: float) -> list[Settled]:
-        """`note` for many files in one transaction (a burst settles together); returns the queued."""
+        A file already queued, in flight, or done with this very content is not queued again.
+        """
         queued = []
         with self._tx() as db:
-            for file in files:
-                if self._note(db, file, now):
-                    queued.append(file)
+            for job in jobs:
+                if self._note(db, job, now):
+                    queued.append(job)
         return queued
 
     @staticmethod
-    def _note(db: sqlite3.Connection, file: Settled, now: float) -> bool:
-        path, root = str(file.path), str(file.root)
+    def _note(db: sqlite3.Connection, job: Job, now: float) -> bool:
+        path, root = str(job.path), str(job.root)
         row = db.execute(
             "SELECT state, size, mtime_ns FROM files WHERE path=?", (path,)
         ).fetchone()
@@ -205,30 +225,30 @@ class Journal:
             db.execute(
                 "INSERT INTO files(path, root, size, mtime_ns, state, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, 'queued', ?, ?)",
-                (path, root, file.size, file.mtime_ns, now, now),
+                (path, root, job.size, job.mtime_ns, now, now),
             )
             return True
         state, old_size, old_mtime = row
-        if state in DONE_STATES and (old_size, old_mtime) != (file.size, file.mtime_ns):
+        if state in DONE_STATES and (old_size, old_mtime) != (job.size, job.mtime_ns):
             db.execute(
                 "UPDATE files SET state='queued', size=?, mtime_ns=?, attempts=0, next_attempt_at=0, "
-                "last_error=NULL, held=0, root=?, updated_at=? WHERE path=?",
-                (file.size, file.mtime_ns, root, now, path),
+                "last_error=NULL, held=0, root=?, profile=NULL, updated_at=? WHERE path=?",
+                (job.size, job.mtime_ns, root, now, path),
             )
             return True
         if state not in DONE_STATES and state != "submitting":
             db.execute(
                 "UPDATE files SET size=?, mtime_ns=? WHERE path=?",
-                (file.size, file.mtime_ns, path),
+                (job.size, job.mtime_ns, path),
             )
         return False
 
-    def lookup(self, paths: Iterable[str | Path]) -> dict[str, Known]:
-        """(size, mtime_ns, state, guid) for each known path, keyed by its string, in batches.
+    def lookup(self, paths: Iterable[str | Path]) -> dict[str, Entry]:
+        """The row of each known path, keyed by its string, looked up in batches.
 
         This is the catch-up scan's hot path, hence strings rather than Path objects.
         """
-        found: dict[str, Known] = {}
+        found: dict[str, Entry] = {}
         batch: list[str] = []
         for path in paths:
             batch.append(str(path))
@@ -239,21 +259,24 @@ class Journal:
             self._lookup_batch(batch, found)
         return found
 
-    def _lookup_batch(self, batch: list[str], found: dict[str, Known]) -> None:
+    def _lookup_batch(self, batch: list[str], found: dict[str, Entry]) -> None:
         marks = ",".join("?" * len(batch))
-        for path, size, mtime_ns, state, guid in self._query(
-            f"SELECT path, size, mtime_ns, state, guid FROM files WHERE path IN ({marks})",
-            batch,
+        for row in self._query(
+            f"SELECT {ENTRY_COLUMNS} FROM files WHERE path IN ({marks})", batch
         ):
-            found[path] = Known(size, mtime_ns, state, guid)
+            found[row[0]] = _entry(row)
 
     def claim(self, now: float) -> Job | None:
         """Take the next due file for submission, or None if nothing is due."""
-        rows = self._write(CLAIM_SQL, (now, now))
-        if not rows:
-            return None
-        path, root, size, mtime_ns, attempts = rows[0]
-        return Job(Path(path), Path(root), size, mtime_ns, attempts)
+        return _job(self._write(CLAIM_SQL, (now, now)))
+
+    def claim_file(self, job: Job, now: float) -> Job | None:
+        """Take this one file for submission (`submit`), recording it if it is new.
+
+        None if another process has it in flight, or it was submitted with this content already.
+        """
+        params = (str(job.path), str(job.root), job.size, job.mtime_ns, job.profile)
+        return _job(self._write(CLAIM_FILE_SQL, (*params, now, now)))
 
     def _set(
         self, path: Path, now: float, sql: str, params: tuple[object, ...]
@@ -303,18 +326,22 @@ class Journal:
 
     def release(
         self,
-        path: Path,
+        job: Job,
         *,
         now: float,
         not_before: float = 0.0,
         reason: str | None = None,
     ) -> None:
-        """Put a claimed file back in the queue without counting an attempt (shutdown, auth pause)."""
+        """Put a claimed file back in the queue without counting an attempt.
+
+        The job's size and mtime are stored with it: a file that changed is claimed again only
+        once it has looked the same for its settle time.
+        """
         self._set(
-            path,
+            job.path,
             now,
-            "state='queued', next_attempt_at=?, last_error=COALESCE(?, last_error)",
-            (not_before, reason),
+            "state='queued', size=?, mtime_ns=?, next_attempt_at=?, last_error=COALESCE(?, last_error)",
+            (job.size, job.mtime_ns, not_before, reason),
         )
 
     def hold(self, path: Path, *, reason: str, now: float) -> None:
@@ -331,8 +358,7 @@ class Journal:
             return cursor.rowcount
 
     def forget(self, path: Path) -> None:
-        with self._tx() as db:
-            db.execute("DELETE FROM files WHERE path=?", (str(path),))
+        self._write("DELETE FROM files WHERE path=?", (str(path),))
 
     def resume(self, now: float) -> int:
         """After a crash: everything that was in flight goes back to the queue."""
@@ -370,16 +396,16 @@ class Journal:
         )
         return [_entry(r) for r in rows]
 
-    def entry(self, path: Path) -> Entry | None:
-        rows = self._query(
-            f"SELECT {ENTRY_COLUMNS} FROM files WHERE path=?",
-            (str(path),),
-        )
-        return _entry(rows[0]) if rows else None
-
 
 def _entry(r: sqlite3.Row) -> Entry:
-    return Entry(Path(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), r[9])
+    return Entry(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), r[9])
+
+
+def _job(rows: list[sqlite3.Row]) -> Job | None:
+    if not rows:
+        return None
+    path, root, size, mtime_ns, attempts, profile = rows[0]
+    return Job(Path(path), Path(root), size, mtime_ns, attempts, profile)
 
 
 def _like_prefix(directory: Path) -> str:

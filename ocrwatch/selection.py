@@ -18,6 +18,7 @@ from pathlib import Path, PurePath
 from typing import Final
 
 from ocrwatch.profiles import OVERRIDE_NAME
+from ocrwatch.sidecar import SIDECAR_SUFFIXES, TMP_PREFIX
 
 IGNORED_NAMES: Final = (
     ".DS_Store",
@@ -27,9 +28,8 @@ IGNORED_NAMES: Final = (
     "*.part",
     "*.crdownload",
     "~$*",
-    "*.guid",
-    "*.error",
-    ".ocrwatch-tmp-*",
+    *(f"*{suffix}" for suffix in SIDECAR_SUFFIXES),
+    f"{TMP_PREFIX}*",
     OVERRIDE_NAME,
 )
 IGNORED_DIRS: Final = ("@eaDir", "#recycle", ".stfolder", ".stversions", ".Trash*")
@@ -94,6 +94,12 @@ def is_within(path: Path, roots: Iterable[Path]) -> bool:
     return any(path == root or root in path.parents for root in roots)
 
 
+def deepest_root(path: Path, roots: Iterable[Path]) -> Path | None:
+    """The watched root that holds `path` (itself included), the innermost if roots nest."""
+    holding = [root for root in roots if path == root or root in path.parents]
+    return max(holding, key=lambda root: len(root.parts), default=None)
+
+
 def regular_file_stat(path: Path, roots: Iterable[Path]) -> os.stat_result | None:
     """The file's stat if it is a regular file, or a link to one inside a watched root; else None."""
     try:
@@ -115,14 +121,10 @@ class Found:
     The path is kept as a string: building 100k Path objects was most of a catch-up scan's time.
     """
 
-    key: str
+    path: str
     size: int
     mtime_ns: int
     sidecar_mtime_ns: int | None
-
-    @property
-    def path(self) -> Path:
-        return Path(self.key)
 
 
 def walk_candidates(
@@ -156,9 +158,8 @@ def walk_candidates(
                 continue
             if not rules.accepts(entry.name, entry.path[prefix:]):
                 continue
-            path = Path(entry.path)
             st = (
-                regular_file_stat(path, roots)
+                regular_file_stat(Path(entry.path), roots)
                 if entry.is_symlink()
                 else _entry_stat(entry)
             )
@@ -185,7 +186,7 @@ def _entry_stat(entry: os.DirEntry[str]) -> os.stat_result | None:
 
 
 def _sidecar_mtime(names: dict[str, os.DirEntry[str]], name: str) -> int | None:
-    for suffix in (".guid", ".error"):
+    for suffix in SIDECAR_SUFFIXES:
         entry = names.get(name + suffix)
         if entry is not None:
             try:

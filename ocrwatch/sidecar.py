@@ -1,5 +1,6 @@
 """Sidecar files next to the originals: `<name>.guid` on success, `<name>.error` on rejection.
 
+Descriptors are close-on-exec, as `os.open` makes every one (PEP 446).
 Written atomically: a temporary file, fsync, then made visible under its name in one step (link of
 an unnamed O_TMPFILE where the filesystem has it, else rename of a named one in the same folder),
 fsync the folder.
@@ -65,7 +66,7 @@ def write_sidecar(
     target = sidecar_path(original, kind)
     data = (" ".join(text.split()) + "\n").encode("utf-8")
     try:
-        dir_fd = os.open(target.parent, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        dir_fd = os.open(target.parent, os.O_RDONLY)
     except OSError as exc:
         raise SidecarError(f"cannot write {target}: {exc.strerror}") from None
     try:
@@ -100,9 +101,7 @@ def _write_anonymous(
         places.insert(0, staging)
     for place in places:
         try:
-            fd = os.open(
-                place, tmpfile | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o644
-            )
+            fd = os.open(place, tmpfile | os.O_WRONLY, 0o644)
         except OSError:
             continue
         try:
@@ -149,7 +148,7 @@ def _write_named(target: Path, data: bytes) -> None:
     try:
         fd = os.open(
             tmp,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL,
             0o644,
         )
         try:

@@ -1,14 +1,15 @@
 """Turn watchdog events (inotify, or polling for network shares) into "activity on this path".
 
 The handler only hands paths to a callback and never raises: an exception there would kill
-watchdog's dispatch thread. Whether a watcher is still alive is for the daemon to ask and act on.
+watchdog's dispatch thread. `WatcherSet` keeps one observer per watched folder running: it starts
+them, notices one that died (or a folder that is not there yet) and starts it again.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final
 
@@ -29,6 +30,8 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from ocrwatch.config import FolderConfig
+
 log = structlog.get_logger()
 
 ACTIVITY_EVENTS: Final = frozenset({"created", "modified", "closed", "moved", "attrib"})
@@ -44,6 +47,7 @@ EVENT_FILTER: Final = [
     DirMovedEvent,
 ]
 Activity = Callable[[Path, bool], None]  # (path, is a folder that appeared)
+SUPERVISE_EVERY_S: Final = 1.0
 
 
 class _Handler(FileSystemEventHandler):
@@ -72,13 +76,22 @@ class _OverflowSignal(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__(level=logging.WARNING)
-        self.callbacks: list[Callable[[], None]] = []
-        self._lock2 = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
+        self._callbacks_lock = threading.Lock()
+
+    def add(self, callback: Callable[[], None]) -> None:
+        with self._callbacks_lock:
+            self._callbacks.append(callback)
+
+    def remove(self, callback: Callable[[], None]) -> None:
+        with self._callbacks_lock:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
 
     def emit(self, record: logging.LogRecord) -> None:
         if "queue overflowed" in record.getMessage():
-            with self._lock2:
-                callbacks = list(self.callbacks)
+            with self._callbacks_lock:
+                callbacks = list(self._callbacks)
             for callback in callbacks:
                 callback()
 
@@ -128,12 +141,12 @@ class FolderWatcher:
         observer.start()
         self.observer = observer
         if self._on_overflow is not None and not self.polling:
-            _overflow.callbacks.append(self._on_overflow)
+            _overflow.add(self._on_overflow)
 
     def stop(self) -> None:
         observer, self.observer = self.observer, None
-        if self._on_overflow is not None and self._on_overflow in _overflow.callbacks:
-            _overflow.callbacks.remove(self._on_overflow)
+        if self._on_overflow is not None:
+            _overflow.remove(self._on_overflow)
         if observer is None:
             return
         try:
@@ -155,3 +168,82 @@ class FolderWatcher:
             reader is None or not hasattr(reader, "is_alive") or reader.is_alive()
         )
         return bool(emitters) and all(e.is_alive() for e in emitters) and reader_alive
+
+
+class WatcherSet:
+    """One FolderWatcher per watched folder, kept running for months.
+
+    `supervise()` (the daemon calls it once a second) restarts an observer that died and starts
+    one for a folder that was missing (a late network mount); either way the folder is rescanned,
+    since events were missed meanwhile.
+    """
+
+    def __init__(
+        self,
+        on_activity: Callable[[Path, Path, bool], None],
+        on_rescan: Callable[[Path, str], None],
+    ) -> None:
+        self._on_activity = on_activity  # (root, path, is a folder that appeared)
+        self._on_rescan = on_rescan  # (root, reason)
+        self._watchers: dict[Path, tuple[FolderConfig, FolderWatcher]] = {}
+        self.missing: set[Path] = set()
+
+    def get(self, root: Path) -> FolderWatcher | None:
+        entry = self._watchers.get(root)
+        return None if entry is None else entry[1]
+
+    def apply(self, folders: Mapping[Path, FolderConfig]) -> None:
+        """Watch exactly `folders` (by absolute root): keep unchanged watchers, replace the rest."""
+        for root, (folder, watcher) in list(self._watchers.items()):
+            if folders.get(root) != folder:
+                watcher.stop()
+                del self._watchers[root]
+                self.missing.discard(root)
+        for root, folder in folders.items():
+            if root not in self._watchers:
+                watcher = self._make(root, folder)
+                self._watchers[root] = (folder, watcher)
+                self._start(watcher, first=True)
+
+    def supervise(self) -> None:
+        for _, watcher in list(self._watchers.values()):
+            if watcher.is_alive():
+                continue
+            if watcher.observer is not None:
+                log.error("watcher.died", path=str(watcher.root))
+                watcher.stop()
+            self._start(watcher, first=False)
+
+    def stop(self) -> None:
+        for _, watcher in self._watchers.values():
+            watcher.stop()
+
+    def _make(self, root: Path, folder: FolderConfig) -> FolderWatcher:
+        return FolderWatcher(
+            root,
+            lambda path, is_dir: self._on_activity(root, path, is_dir),
+            recursive=folder.recursive,
+            polling=folder.polling,
+            poll_interval_s=folder.poll_interval,
+            on_overflow=lambda: self._on_rescan(root, "inotify queue overflow"),
+        )
+
+    def _start(self, watcher: FolderWatcher, *, first: bool) -> None:
+        try:
+            watcher.start()
+        except OSError as exc:
+            if watcher.root not in self.missing:
+                self.missing.add(watcher.root)
+                log.warning(
+                    "watcher.start_failed"
+                    if watcher.root.is_dir()
+                    else "watcher.folder_missing",
+                    path=str(watcher.root),
+                    error=str(exc),
+                    retry_every_s=SUPERVISE_EVERY_S,
+                )
+            return
+        if watcher.root in self.missing or not first:
+            self.missing.discard(watcher.root)
+            log.info("watcher.restarted", path=str(watcher.root))
+            self._on_rescan(watcher.root, "watcher restarted")

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ocrwatch.daemon import Daemon
-from ocrwatch.journal import Journal
+from ocrwatch.journal import Entry, Journal
 
 from .conftest import OCRWATCH, cli_env, wait_until
 
@@ -21,37 +21,37 @@ def daemon_thread(
     config: Path, folders: int = 1, env: dict[str, str] | None = None
 ) -> Iterator[Daemon]:
     """A running daemon whose first catch-up scan is done; stopped (and checked for exit 0) after."""
-    daemon = Daemon(config, env or {})
-    result: list[int | BaseException] = []
+    with Daemon.open(config, env or {}) as daemon:
+        result: list[int | BaseException] = []
 
-    def target() -> None:
+        def target() -> None:
+            try:
+                result.append(daemon.run(install_signals=False))
+            except BaseException as exc:  # noqa: BLE001 -- surfaced to the test below
+                result.append(exc)
+
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        wait_until(
+            lambda: (
+                (daemon.health().started and daemon.health().scans_finished >= folders)
+                or bool(result)
+            ),
+            10,
+            "daemon started",
+        )
+        if result:
+            raise AssertionError(f"daemon ended at start: {result[0]!r}")
         try:
-            result.append(daemon.run(install_signals=False))
-        except BaseException as exc:  # noqa: BLE001 -- surfaced to the test below
-            result.append(exc)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    wait_until(
-        lambda: (
-            (daemon.ready.is_set() and daemon.scans_done >= folders) or bool(result)
-        ),
-        10,
-        "daemon started",
-    )
-    if result:
-        raise AssertionError(f"daemon ended at start: {result[0]!r}")
-    try:
-        yield daemon
-    finally:
-        daemon.flags.stop = True
-        thread.join(30)
-        assert [0] == result, f"daemon did not stop cleanly: {result}"
+            yield daemon
+        finally:
+            daemon.flags.stop = True
+            thread.join(30)
+            assert [0] == result, f"daemon did not stop cleanly: {result}"
 
 
-SPAWNED: list[
-    subprocess.Popen[bytes]
-] = []  # killed by conftest after each test, pass or fail
+# Killed by conftest after each test, pass or fail.
+SPAWNED: list[subprocess.Popen[bytes]] = []
 
 
 def spawn(
@@ -101,3 +101,11 @@ def journal_counts(state_dir: Path) -> dict[str, int]:
 
 def in_flight(state_dir: Path) -> int:
     return journal_counts(state_dir)["submitting"]
+
+
+def journal_entry(state_dir: Path, path: Path) -> Entry | None:
+    journal = Journal(state_dir / "journal.sqlite3", readonly=True)
+    try:
+        return journal.lookup([path]).get(str(path))
+    finally:
+        journal.close()

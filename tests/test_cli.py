@@ -247,12 +247,18 @@ def test_secret_and_tokens_never_appear_in_any_output(tmp_path, inbox, emulator)
 
 
 def test_missing_path_is_reported_not_crashed(config_file, inbox):
-    """A path that does not exist fails that path with a reason."""
-    result = run("submit", "-c", str(config_file), str(inbox / "nope.png"))
+    """A path that does not exist fails that path with a reason that says so."""
+    missing = inbox / "nope.png"
 
-    assert 1 == result.returncode
-    assert "failed 1" in result.stdout.splitlines()[0]
-    assert "disappeared" in result.stdout or "No such file" in result.stdout
+    result = run("submit", "-c", str(config_file), str(missing))
+
+    assert (1, ["submitted 0, skipped 0 (sidecar present), failed 1"]) == (
+        result.returncode,
+        result.stdout.splitlines()[:1],
+    )
+    assert f"  failed: {missing}: no such file or folder; check the path" in (
+        result.stdout.splitlines()
+    )
 
 
 def test_emulator_command_prints_url_first_and_exits_0_on_sigterm(tmp_path):

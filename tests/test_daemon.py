@@ -8,13 +8,17 @@ import time
 from collections import Counter
 
 import pytest
+from structlog.testing import capture_logs
 
 from ocrwatch.journal import Journal
-from ocrwatch.uploader import LocalUploader, ProcessUploader
 
 from .conftest import wait_until, write_config
 from .daemon_harness import daemon_thread, sha256, sidecars
 from .images import png_bytes, write_png
+
+
+def entry_of(daemon, path):
+    return daemon.journal.lookup([path]).get(str(path))
 
 
 def received_shas(emulator) -> Counter[str]:
@@ -33,22 +37,12 @@ def folder_config(tmp_path, inbox, emulator):
     return make
 
 
-@pytest.mark.parametrize(
-    "processes", [True, False], ids=["upload-processes", "upload-threads"]
-)
 def test_200_images_in_a_recursive_tree_each_sent_exactly_once(
-    tmp_path, inbox, emulator, processes
+    folder_config, inbox, emulator
 ):
     """Every one of 200 files dropped into nested folders gets its sidecar; each sha256 arrives once."""
-    config = write_config(
-        tmp_path / "config.yaml",
-        emulator.url,
-        [{"path": str(inbox), "settle_seconds": 0.3}],
-        api={"upload_processes": processes},
-    )
-    with daemon_thread(config) as daemon:
-        kind = ProcessUploader if processes else LocalUploader
-        assert isinstance(daemon.submitter.uploader, kind)
+    config = folder_config()
+    with daemon_thread(config):
         files = [
             write_png(inbox / f"d{i % 7}" / f"e{i % 3}" / f"scan-{i:04d}.png", i)
             for i in range(200)
@@ -116,7 +110,7 @@ def test_files_and_folders_moved_in_are_picked_up(
 
 
 def test_restart_with_1000_done_files_submits_nothing(folder_config, inbox, emulator):
-    """After all files are done, a restart's catch-up scan finds and sends nothing."""
+    """After all files are done, a restart's catch-up scan sees every file and finds none to send."""
     for i in range(1000):
         write_png(inbox / f"s{i // 100}" / f"f{i}.png", i)
     config = folder_config()
@@ -126,9 +120,12 @@ def test_restart_with_1000_done_files_submits_nothing(folder_config, inbox, emul
         )
     sent = len(emulator.submissions())
 
-    with daemon_thread(config) as second:
-        wait_until(lambda: second.scans_done >= 1, 10)
+    with capture_logs() as logs, daemon_thread(config) as second:
+        settling = second.health().settling
 
+    [scan] = [e for e in logs if e["event"] == "rescan.finished"]
+    assert (1000, 0) == (scan["seen"], scan["found"])
+    assert 0 == settling
     assert (1000, 1000) == (sent, len(emulator.submissions()))
     assert 1000 == len(sidecars(inbox))
 
@@ -139,7 +136,7 @@ def test_broken_observer_is_restarted_and_later_files_processed(
     """Stopping the observer's emitter is noticed; a new observer watches and later files go through."""
     config = folder_config()
     with daemon_thread(config) as daemon:
-        watcher = next(iter(daemon.watchers.values()))
+        watcher = daemon.watchers.get(inbox)
         broken = watcher.observer
         for emitter in list(broken.emitters):
             emitter.stop()
@@ -165,9 +162,7 @@ def test_polling_mode_finds_files_without_inotify(folder_config, inbox, emulator
     with daemon_thread(config) as daemon:
         from watchdog.observers.polling import PollingObserver
 
-        assert isinstance(
-            next(iter(daemon.watchers.values())).observer, PollingObserver
-        )
+        assert isinstance(daemon.watchers.get(inbox).observer, PollingObserver)
         write_png(inbox / "sub" / "polled.png", 3)
 
         wait_until(
@@ -184,9 +179,9 @@ def test_missing_folder_is_watched_once_it_appears(tmp_path, emulator):
         [{"path": str(late), "settle_seconds": 0.2}],
     )
     with daemon_thread(config, folders=0) as daemon:
-        assert late in daemon.missing
+        assert late in daemon.health().missing
         late.mkdir()
-        wait_until(lambda: late not in daemon.missing, 10, "folder watched")
+        wait_until(lambda: late not in daemon.health().missing, 10, "folder watched")
         write_png(late / "a.png", 1)
 
         wait_until(lambda: (late / "a.png.guid").exists(), 10, "file in late folder")
@@ -216,13 +211,11 @@ def test_per_folder_override_files(folder_config, inbox, emulator):
 
         (inbox / "de" / ".ocrwatch.yaml").write_text("langauge: German\n")
         write_png(inbox / "de" / "d.png", 4)
-        journal = daemon.journal
+        held = inbox / "de" / "d.png"
         wait_until(
-            lambda: (e := journal.entry(inbox / "de" / "d.png")) is not None and e.held,
-            10,
-            "held",
+            lambda: (e := entry_of(daemon, held)) is not None and e.held, 10, "held"
         )
-        entry = journal.entry(inbox / "de" / "d.png")
+        entry = entry_of(daemon, held)
         assert (
             f"held: {inbox / 'de' / '.ocrwatch.yaml'}: langauge: unknown key; did you mean `language`?"
             == entry.last_error
@@ -269,7 +262,7 @@ def test_transient_failure_is_rescheduled_not_dropped(tmp_path, inbox, emulator)
         write_png(inbox / "a.png", 1)
 
         wait_until(lambda: daemon.journal.counts()["failed"] == 1, 10, "failed")
-        entry = daemon.journal.entry(inbox / "a.png")
+        entry = entry_of(daemon, inbox / "a.png")
         assert entry.next_attempt_at > time.time() + 20
         assert "HTTP 503" in (entry.last_error or "")
         assert not (inbox / "a.png.error").exists()
@@ -308,8 +301,9 @@ def test_state_dir_is_locked_against_a_second_daemon(folder_config, inbox, emula
         pytest.raises(
             JournalError, match="another `ocrwatch run` is using this state_dir"
         ),
+        Daemon.open(config, {}),
     ):
-        Daemon(config, {}).run(install_signals=False)
+        pass
 
 
 def test_journal_rows_are_queryable_while_running(

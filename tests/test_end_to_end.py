@@ -33,14 +33,9 @@ def test_kill_9_mid_burst_loses_nothing_and_duplicates_only_in_flight(tmp_path, 
             write_png(inbox / f"b{i % 5}" / f"scan-{i:04d}.png", i)
         wait_until(lambda: len(emulator.submissions()) >= 60, 60, "burst under way")
 
-        children = psutil.Process(proc.pid).children(recursive=True)
-        assert len(children) >= 4  # the default api.concurrency of upload processes
+        assert [] == psutil.Process(proc.pid).children(recursive=True)
         proc.kill()
         proc.wait(10)
-        # Its upload processes finish the file in hand and exit: nothing is left running.
-        wait_until(
-            lambda: not any(_running(c) for c in children), 20, "orphans to exit"
-        )
         state = tmp_path / "state"
         interrupted = in_flight(state)
         sent_before = len(emulator.submissions())
@@ -272,10 +267,3 @@ def test_sighup_changes_profiles_and_removes_a_folder(tmp_path, inbox, emulator)
         r["settings"] for r in emulator.submissions()
     ]
     assert not (other / "ignored.png.guid").exists()
-
-
-def _running(process: psutil.Process) -> bool:
-    try:
-        return process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False

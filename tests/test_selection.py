@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 import pytest
 
@@ -62,6 +62,21 @@ def test_symlink_outside_roots_is_not_followed(tmp_path):
     assert regular_file_stat(root / "in.png", [root]) is not None
 
 
+def walk(root, *, recursive):
+    """Every candidate the catch-up walk yields under `root`, with the default rules."""
+    return [
+        f
+        for batch in walk_candidates(
+            root,
+            recursive=recursive,
+            include=DEFAULT_INCLUDE,
+            exclude=DEFAULT_EXCLUDE,
+            roots=[root],
+        )
+        for f in batch
+    ]
+
+
 def test_walk_finds_candidates_and_their_sidecars(tmp_path):
     """The walk yields candidates per folder with sidecar mtimes, skipping junk folders and loops."""
     write_png(tmp_path / "a.png")
@@ -70,19 +85,9 @@ def test_walk_finds_candidates_and_their_sidecars(tmp_path):
     (tmp_path / "a.png.guid").write_text("x\n")
     (tmp_path / "sub" / "loop").symlink_to(tmp_path)
 
-    found = [
-        f
-        for batch in walk_candidates(
-            tmp_path,
-            recursive=True,
-            include=DEFAULT_INCLUDE,
-            exclude=DEFAULT_EXCLUDE,
-            roots=[tmp_path],
-        )
-        for f in batch
-    ]
+    found = walk(tmp_path, recursive=True)
 
-    by_name = {f.path.name: f.sidecar_mtime_ns is not None for f in found}
+    by_name = {Path(f.path).name: f.sidecar_mtime_ns is not None for f in found}
     assert {"a.png": True, "b.png": False} == by_name
 
 
@@ -91,16 +96,6 @@ def test_walk_non_recursive_stays_on_top(tmp_path):
     write_png(tmp_path / "a.png")
     write_png(tmp_path / "sub" / "b.png")
 
-    found = [
-        f.path.name
-        for batch in walk_candidates(
-            tmp_path,
-            recursive=False,
-            include=DEFAULT_INCLUDE,
-            exclude=DEFAULT_EXCLUDE,
-            roots=[tmp_path],
-        )
-        for f in batch
-    ]
+    found = walk(tmp_path, recursive=False)
 
-    assert ["a.png"] == found
+    assert ["a.png"] == [Path(f.path).name for f in found]

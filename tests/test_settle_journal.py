@@ -9,12 +9,21 @@ import pytest
 
 from ocrwatch.catchup import lost_sidecar_guid, needs_submission
 from ocrwatch.errors import JournalError
-from ocrwatch.journal import CLAIM_SQL, MIGRATIONS, Journal, Known
+from ocrwatch.journal import CLAIM_SQL, MIGRATIONS, Entry, Job, Journal
 from ocrwatch.selection import Found
 from ocrwatch.settle import Look, SettleTracker, Verdict, is_settled
 
 P = Path("/in/a.png")
 ROOT = Path("/in")
+
+
+def entry(size, mtime, state, guid=None):
+    return Entry(str(P), size, mtime, state, guid, 0, 0.0, None, False, 0.0)
+
+
+def note(journal, path=P, size=10, mtime=1, *, now):
+    """Queue one settled file; True if it was queued."""
+    return bool(journal.note_many([Job(path, ROOT, size, mtime)], now))
 
 
 class TestSettle:
@@ -107,28 +116,28 @@ class TestCatchUpDecision:
     )
     def test_needs_submission(self, found, known, expected):
         """The journal is authoritative; without it a sidecar no older than the file means done."""
-        record = None if known is None else Known(*known, "g")
+        record = None if known is None else entry(*known, "g")
         assert expected is needs_submission(self.found(**found), record)
 
     @pytest.mark.parametrize(
         ("found", "known", "expected"),
         [
             pytest.param(
-                dict(), Known(10, 100, "submitted", "g1"), "g1", id="lost-sidecar"
+                dict(), entry(10, 100, "submitted", "g1"), "g1", id="lost-sidecar"
             ),
             pytest.param(
                 dict(sidecar=200),
-                Known(10, 100, "submitted", "g1"),
+                entry(10, 100, "submitted", "g1"),
                 None,
                 id="sidecar-present",
             ),
             pytest.param(
                 dict(size=11),
-                Known(10, 100, "submitted", "g1"),
+                entry(10, 100, "submitted", "g1"),
                 None,
                 id="changed-resubmit-instead",
             ),
-            pytest.param(dict(), Known(10, 100, "rejected", None), None, id="rejected"),
+            pytest.param(dict(), entry(10, 100, "rejected", None), None, id="rejected"),
             pytest.param(dict(), None, None, id="unknown"),
         ],
     )
@@ -146,15 +155,13 @@ class TestJournal:
 
     def test_note_claim_submit(self, journal):
         """A settled file is queued once, claimed once, and done."""
-        assert journal.note(P, ROOT, 10, 1, now=0.0)
-        assert not journal.note(P, ROOT, 10, 1, now=0.1)
+        assert note(journal, P, 10, 1, now=0.0)
+        assert not note(journal, P, 10, 1, now=0.1)
 
         job = journal.claim(now=1.0)
         assert (P, 0) == (job.path, job.attempts)
         assert journal.claim(now=1.0) is None
-        assert not journal.note(
-            P, ROOT, 10, 1, now=1.1
-        )  # duplicate event while in flight
+        assert not note(journal, P, 10, 1, now=1.1)  # duplicate event while in flight
 
         journal.mark_submitted(P, guid="g", sha256="h", size=10, mtime_ns=1, now=2.0)
         assert {
@@ -164,14 +171,12 @@ class TestJournal:
             "failed": 0,
             "rejected": 0,
         } == journal.counts()
-        assert not journal.note(P, ROOT, 10, 1, now=3.0)
-        assert journal.note(
-            P, ROOT, 12, 2, now=4.0
-        )  # content changed after its sidecar
+        assert not note(journal, P, 10, 1, now=3.0)
+        assert note(journal, P, 12, 2, now=4.0)  # content changed after its sidecar
 
     def test_failed_is_offered_again_only_when_due(self, journal):
         """A transient failure is rescheduled, never dropped."""
-        journal.note(P, ROOT, 10, 1, now=0.0)
+        note(journal, P, 10, 1, now=0.0)
         journal.claim(now=0.0)
 
         journal.mark_failed(P, error="HTTP 503", next_attempt_at=30.0, now=0.0)
@@ -185,8 +190,8 @@ class TestJournal:
         """After a crash, `submitting` entries are queued again; nothing else changes."""
         path = tmp_path / "j.sqlite3"
         first = Journal(path)
-        first.note(P, ROOT, 10, 1, now=0.0)
-        first.note(Path("/in/b.png"), ROOT, 10, 1, now=0.0)
+        note(first, P, 10, 1, now=0.0)
+        note(first, Path("/in/b.png"), 10, 1, now=0.0)
         first.claim(now=0.0)
         first.close()
 
@@ -201,7 +206,7 @@ class TestJournal:
 
     def test_held_until_released(self, journal):
         """A held file is not claimed until its folder's override is fixed."""
-        journal.note(Path("/in/sub/a.png"), ROOT, 10, 1, now=0.0)
+        note(journal, Path("/in/sub/a.png"), 10, 1, now=0.0)
         journal.claim(now=0.0)
         journal.hold(Path("/in/sub/a.png"), reason="held: bad", now=0.0)
 
@@ -210,16 +215,82 @@ class TestJournal:
         assert 1 == journal.release_held(Path("/in/sub"), now=6.0)
         assert journal.claim(now=6.0) is not None
 
+    def test_claim_file_takes_new_queued_and_changed_files_only(self, journal):
+        """`submit` claims a file by path: not one in flight elsewhere, nor one already
+        submitted with this very content; a claimed file is invisible to `run`'s claim."""
+        b, c = Path("/in/b.png"), Path("/in/c.png")
+        note(journal, b, now=0.0)
+        note(journal, c, now=0.0)
+        in_flight = journal.claim(now=0.0)
+
+        new = journal.claim_file(Job(P, ROOT, 10, 1, 0, "de"), now=1.0)
+        queued = journal.claim_file(
+            Job(c if in_flight.path == b else b, ROOT, 10, 1), 1.0
+        )
+        busy = journal.claim_file(Job(in_flight.path, ROOT, 10, 1), now=1.0)
+        journal.mark_submitted(P, guid="g", sha256="h", size=10, mtime_ns=1, now=2.0)
+        same = journal.claim_file(Job(P, ROOT, 10, 1), now=3.0)
+        changed = journal.claim_file(Job(P, ROOT, 11, 2), now=3.0)
+
+        assert (P, "de") == (new.path, new.profile)
+        assert queued is not None
+        assert (None, None) == (busy, same)
+        assert (P, 11, 2, 0) == (
+            changed.path,
+            changed.size,
+            changed.mtime_ns,
+            changed.attempts,
+        )
+        assert journal.claim(now=9.0) is None
+
+    def test_release_stores_the_new_look_and_waits(self, journal):
+        """A file that changed after it settled goes back with how it looks now, and waits."""
+        note(journal, now=0.0)
+        job = journal.claim(now=0.0)
+
+        journal.release(
+            Job(job.path, ROOT, 20, 5), now=1.0, not_before=3.0, reason="changed"
+        )
+
+        assert journal.claim(now=2.9) is None
+        again = journal.claim(now=3.0)
+        assert (20, 5, 0) == (again.size, again.mtime_ns, again.attempts)
+
+    def test_processes_opening_a_fresh_journal_at_once_all_succeed(self, tmp_path):
+        """`run` and `submit` starting together on a new state_dir: one migrates, the rest wait."""
+        import threading
+
+        errors = []
+        for round_ in range(10):
+            path = tmp_path / f"j{round_}.sqlite3"
+            barrier = threading.Barrier(4)
+
+            def open_it(path=path, barrier=barrier):
+                barrier.wait()
+                try:
+                    Journal(path).close()
+                except JournalError as exc:
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=open_it) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+        assert [] == errors
+
     def test_lookup_in_batches(self, journal):
         """Batched lookups return every known path, across batch boundaries."""
         paths = [Path(f"/in/{i}.png") for i in range(1200)]
         for i, p in enumerate(paths):
-            journal.note(p, ROOT, i, i, now=0.0)
+            note(journal, p, i, i, now=0.0)
 
         known = journal.lookup([*paths, Path("/in/unknown.png")])
 
         assert 1200 == len(known)
-        assert (7, 7, "queued", None) == known["/in/7.png"]
+        row = known["/in/7.png"]
+        assert (7, 7, "queued", None) == (row.size, row.mtime_ns, row.state, row.guid)
 
     def test_schema_version_is_recorded_and_newer_is_refused(self, tmp_path):
         """The journal carries its schema version; one from a newer ocrwatch is refused clearly."""
@@ -236,7 +307,7 @@ class TestJournal:
             match="schema 99 is newer than this ocrwatch understands; upgrade ocrwatch",
         ):
             Journal(path)
-        assert 2 == version
+        assert len(MIGRATIONS) == version
 
     def test_a_version_1_journal_is_migrated_and_claims_use_the_backlog_index(
         self, tmp_path
@@ -257,7 +328,7 @@ class TestJournal:
 
         db = sqlite3.connect(path)
         plan = db.execute(f"EXPLAIN QUERY PLAN {CLAIM_SQL}", (1.0, 1.0)).fetchall()
-        assert 2 == db.execute("PRAGMA user_version").fetchone()[0]
+        assert len(MIGRATIONS) == db.execute("PRAGMA user_version").fetchone()[0]
         db.close()
         assert job is not None
         assert Path("/in/a.png") == job.path
@@ -293,7 +364,7 @@ class TestReadiness:
         """The readiness check opens read-only and non-blocking: a FIFO does not hang it."""
         import os
 
-        from ocrwatch.daemon import is_readable
+        from ocrwatch.intake import is_readable
 
         os.mkfifo(tmp_path / "fifo.png")
         (tmp_path / "a.png").write_bytes(b"x")

@@ -1,6 +1,6 @@
 """A local Aspose.OCR Cloud v5.0 server for trying ocrwatch offline, for tests and for benchmarks.
 
-It follows aspose-api.md (token flow, exact JSON keys and enum strings, text/plain GUIDs, the
+It follows docs/aspose-api.md (token flow, exact JSON keys and enum strings, text/plain GUIDs, the
 token-endpoint lockout) and injects faults on request. It never imports ocrwatch's client or auth,
 so a misreading of the spec cannot cancel out on both sides.
 """
@@ -86,12 +86,18 @@ class Emulator:
         self.stop()
 
     def fail_next(
-        self, status: int, times: int = 1, retry_after: str | None = None
+        self,
+        status: int,
+        times: int = 1,
+        retry_after: str | None = None,
+        *,
+        detail: str = "",
     ) -> None:
-        """The next `times` RecognizeImage calls answer `status` (after reading the body)."""
+        """The next `times` RecognizeImage calls answer `status` (after reading the body),
+        with `detail` as the ProblemDetails' detail."""
         with self.state.lock:
             self.state.scripted.extend(
-                Scripted("status", status, retry_after) for _ in range(times)
+                Scripted("status", status, retry_after, detail) for _ in range(times)
             )
 
     def drop_next(self, times: int = 1, *, after_accept: bool = False) -> None:
@@ -122,6 +128,16 @@ class Emulator:
     def bodies_read(self) -> int:
         with self.state.lock:
             return self.state.bodies_read
+
+    @property
+    def peak_in_flight(self) -> int:
+        """The most requests it answered at once since the start (or `reset_peak`)."""
+        with self.state.lock:
+            return self.state.peak_in_flight
+
+    def reset_peak(self) -> None:
+        with self.state.lock:
+            self.state.peak_in_flight = self.state.in_flight
 
     @property
     def token_calls(self) -> int:

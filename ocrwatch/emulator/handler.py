@@ -50,9 +50,8 @@ class Server(ThreadingHTTPServer):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = (
-        True  # without it every response stalls ~40 ms on delayed ACK
-    )
+    # Without it every response stalls about 40 ms on a delayed ACK.
+    disable_nagle_algorithm = True
     server: Server
     server_version = "Kestrel"
     sys_version = ""
@@ -82,6 +81,17 @@ class Handler(BaseHTTPRequestHandler):
             return
         with self.st.lock:
             self.st.bodies_read += 1
+            self.st.in_flight += 1
+            self.st.peak_in_flight = max(self.st.peak_in_flight, self.st.in_flight)
+        try:
+            self._route(method, route, query, body)
+        finally:
+            with self.st.lock:
+                self.st.in_flight -= 1
+
+    def _route(
+        self, method: str, route: str, query: dict[str, list[str]], body: bytes
+    ) -> None:
         if self.st.latency_s:
             time.sleep(self.st.latency_s)
         if route == "/connect/token" and method == "POST":
@@ -98,7 +108,7 @@ class Handler(BaseHTTPRequestHandler):
             self._json(
                 404,
                 problem(404, "Not Found"),
-                record={"method": method, "path": parts.path},
+                record={"method": method, "path": self.path.split("?")[0]},
             )
 
     def _read_body(self) -> bytes | None:
@@ -272,7 +282,7 @@ class Handler(BaseHTTPRequestHandler):
             extra = {"Retry-After": fault.retry_after} if fault.retry_after else None
             self._json(
                 fault.status,
-                problem(fault.status, "Injected fault"),
+                problem(fault.status, "Injected fault", fault.detail),
                 record=record,
                 extra=extra,
             )

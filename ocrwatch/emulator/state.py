@@ -1,4 +1,8 @@
-"""The emulator's state: issued tokens, tasks, scripted faults, and what it received."""
+"""The emulator's state: issued tokens, tasks, scripted faults, and what it received.
+
+The enum values are written here from docs/aspose-api.md §3.1, not imported from ocrwatch: a
+misreading of the spec must not cancel out on both sides.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,55 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
-from ocrwatch.settings import DSR_CONFIDENCES, DSR_MODES, LANGUAGES, RESULT_TYPES
-
+# docs/aspose-api.md §3.1 (the SDK's enums and the supported-languages page), the languages
+# kept as the spec prints them, so that the two can be compared by eye (hence the noqa).
+LANGUAGES: Final = tuple(
+    """English German French Italian Spanish Portuguese Polish Slovene Slovak Netherlands
+    Lithuanian Latvian Danish Norwegian Finnish Serbian Croatian Czech Swedish Estonian Romanian
+    Chinese Russian Arabic Hindi Ukrainan Bengali Tibetan Thai Urdu Turkish Korean Indonesian
+    Hebrew Javanese Greek Japanese Persian Albanian Latin Vietnamese Uzbek Georgian Bulgarian
+    Azerbaijani Kazah Macedonian Belorussian Malay Hausa Sundanese Swahili Tagalog Yoruba Oromo
+    Cebuano Dutch Kurdish Serbo_Croatian Malagasy Zhuang Turkmen Somali Hungarian Chichewa Rwanda
+    Min_Bei Zulu Ilocano Min_Dong Quechua Hiligaynon Hmong Shona Xhosa Betawi Catalan Afrikaans
+    Minangkabau Sotho_Southern Bikol Makua Kanuri Tswana Kikongo Luo Sukuma Tsonga Bosnian Bemba
+    Nandi Palembang Umbundu Sotho_Northern Waray_Waray Lamani Low_German Gilaki Musi HWT_ENG
+    Pu_Xian Kapampangan Bouyei Galician Ndebele Yao Sasak Swati Gusii Meru Wolaytta Dong
+    Pangasinan Dimli Makassar Tumbuka Serer_Sine Occitan Tonga Muong Kiche Luguru Wu Cantonese
+    Min_Nan Xiang Hakka Gan Chechen Kabardian Marathi Bhojpuri Maithili Awadhi Nepali Marwari
+    Magahi Haryanvi Chattisgarhi Dhundari Konkani Kanauji Mewati Rajbanshi Garhwali Kumauni Wagdi
+    Malvi Mewari Uyghur Telugu Kannada Tamil Devanagari""".split()  # noqa: SIM905
+)
+RESULT_TYPES: Final = (
+    "Text",
+    "Pdf",
+    "TextAndPdf",
+    "Hocr",
+    "TextAndHocr",
+    "PdfAndHocr",
+    "TextAndPdfAndHocr",
+    "ImagePNG",
+    "JSON",
+)
+DSR_MODES: Final = (
+    "Regions",
+    "DsrNoFilter",
+    "DsrAndFilter",
+    "NoDsrNoFilter",
+    "TextDetector",
+    "DsrPlusDetector",
+    "PolygonalTextDetector",
+    "LineDetector",
+)
+DSR_CONFIDENCES: Final = (
+    "Default",
+    "Low",
+    "LowMid",
+    "Mid",
+    "MidHigh",
+    "High",
+    "Ultra",
+    "All",
+)
 TASK_TTL_S: Final = 24 * 3600.0
 LOCKOUT_FAILURES: Final = 5
 LOCKOUT_S: Final = 600.0
@@ -66,6 +117,7 @@ class Scripted:
     kind: str  # "status", "drop", "accept_drop"
     status: int = 0
     retry_after: str | None = None
+    detail: str = ""  # ProblemDetails.detail of a scripted status
 
 
 @dataclass
@@ -89,9 +141,10 @@ class EmulatorState:
     scripted: deque[Scripted] = field(default_factory=deque)
     received: list[dict[str, Any]] = field(default_factory=list)
     token_calls: int = 0
-    bodies_read: int = (
-        0  # requests whose body has arrived, answered or not: "in flight" for tests
-    )
+    # Requests whose body has arrived, answered or not: "in flight" for tests.
+    bodies_read: int = 0
+    in_flight: int = 0  # requests being answered right now
+    peak_in_flight: int = 0
 
     def record(self, entry: dict[str, Any]) -> None:
         entry = {"ts": time.time(), **entry}

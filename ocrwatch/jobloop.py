@@ -1,0 +1,432 @@
+"""The job loop: a claimed file, end to end, in `api.concurrency` threads.
+
+`JobLoop.process()` takes one claimed job through settings -> upload -> sidecar -> journal. It is
+the one place that writes a sidecar and the one place that records how a job ended, and it never
+raises for a problem with a file. Around it, each thread only claims, waits and stops; every wait
+ends on `stop()`. What a job needs from the config comes in one immutable `Runtime`, which a
+reload swaps between jobs: a job in flight finishes with the runtime it started with.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Final
+
+import structlog
+
+from ocrwatch.client import OcrClient, Submission
+from ocrwatch.config import Config, Credentials, FolderConfig
+from ocrwatch.errors import (
+    AuthError,
+    ConfigError,
+    FileChangedError,
+    JournalError,
+    RejectedError,
+    SidecarError,
+    TransientApiError,
+)
+from ocrwatch.journal import Job, Journal
+from ocrwatch.profiles import ProfileBook
+from ocrwatch.retry import next_attempt_at
+from ocrwatch.settle import Look
+from ocrwatch.sidecar import Kind, write_sidecar
+
+log = structlog.get_logger()
+
+IDLE_WAIT_S: Final = 1.0
+# A refusal is retried at most once a minute (or after the service's Retry-After), never later
+# than ten minutes: the token endpoint's own lockout.
+AUTH_RETRY_S: Final = 60.0
+AUTH_PAUSE_MAX_S: Final = 600.0
+JOURNAL_ERROR_BACKOFF_S: Final = 5.0
+UNCONFIGURED_RETRY_S: Final = 3600.0
+DEFAULT_SETTLE_S: Final = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """Everything a job takes from one version of the config."""
+
+    config: Config
+    client: OcrClient
+    book: ProfileBook
+    folders: Mapping[Path, FolderConfig]  # by absolute root
+    staging: Path | None  # where sidecars are prepared, if it is usable
+
+    @classmethod
+    def build(cls, config: Config, credentials: Credentials | None) -> Runtime:
+        return cls(
+            config,
+            OcrClient(config.api, credentials, auth_retry_s=AUTH_RETRY_S),
+            ProfileBook(config),
+            {f.path.absolute(): f for f in config.folders},
+            _staging(config.state_dir),
+        )
+
+    def profile_for(self, job: Job) -> str | None:
+        """The job's own profile (`submit --profile`), else its folder's; None if neither exists."""
+        if job.profile is not None and job.profile in self.config.profiles:
+            return job.profile
+        folder = self.folders.get(job.root)
+        if folder is not None:
+            return folder.profile
+        return None if job.profile is None else "default"
+
+    def settle_s(self, root: Path) -> float:
+        folder = self.folders.get(root)
+        return DEFAULT_SETTLE_S if folder is None else folder.settle_seconds
+
+
+class Outcome(StrEnum):
+    SUBMITTED = "submitted"
+    REJECTED = "rejected"
+    RETRY = "retry"  # transient trouble outlasted the client's retries: try later
+    UNSETTLED = "unsettled"  # it changed since it settled, or while it was sent
+    GONE = "gone"  # deleted before it could be sent
+    AUTH = "auth"  # credentials refused: uploads pause, nothing is failed
+    HELD = "held"  # its .ocrwatch.yaml is invalid
+    UNCONFIGURED = "unconfigured"  # its folder is no longer in the config
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    outcome: Outcome
+    error: str | None = None
+    guid: str | None = None
+
+
+def _staging(state_dir: Path) -> Path | None:
+    staging = state_dir / "staging"
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # sidecars are then prepared next to the original
+    return staging
+
+
+def look_at(path: Path) -> Look | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return Look(st.st_size, st.st_mtime_ns)
+
+
+def restore_guid(path: Path, guid: str) -> None:
+    """Write back the `.guid` of a submitted, unchanged file that lost it (the catch-up scan)."""
+    try:
+        write_sidecar(path, Kind.GUID, guid)
+    except SidecarError as exc:
+        log.error("sidecar.restore_failed", path=str(path), guid=guid, error=str(exc))
+        return
+    log.info("sidecar.restored", path=str(path), guid=guid)
+
+
+class JobLoop:
+    """Threads that claim due jobs from the journal and process them, one at a time each."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        runtime: Runtime,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._journal = journal
+        self._runtime = runtime
+        self._clock = clock
+        # Guards everything below; waited on by idle threads, notified by wake/resize/stop.
+        self._cond = threading.Condition()
+        self._generation = (
+            0  # bumped by wake(): a wake between a claim and a wait is kept
+        )
+        self._size = 0
+        self._stopping = False
+        self._threads: dict[int, threading.Thread] = {}
+        self._busy = 0
+        self._paused_until = 0.0
+
+    @property
+    def runtime(self) -> Runtime:
+        return self._runtime
+
+    @property
+    def workers(self) -> int:
+        with self._cond:
+            return len(self._threads)
+
+    @property
+    def in_flight(self) -> int:
+        with self._cond:
+            return self._busy
+
+    @property
+    def paused(self) -> bool:
+        """Uploads wait out refused credentials."""
+        return self._clock() < self._paused_until
+
+    def start(self) -> None:
+        self.resize(self._runtime.config.api.concurrency)
+
+    def swap(self, runtime: Runtime) -> None:
+        """Use `runtime` for every job claimed from now on (a reload), with its concurrency.
+
+        New credentials deserve a try at once, so an auth pause ends here.
+        """
+        with self._cond:
+            self._runtime = runtime
+            self._paused_until = 0.0
+            started = self._size > 0
+        if started:
+            self.resize(runtime.config.api.concurrency)
+        self.wake()
+
+    def resize(self, size: int) -> None:
+        """Run `size` threads: start the missing ones; surplus ones end after their job."""
+        with self._cond:
+            if self._stopping:
+                return
+            self._size = size
+            for slot in range(size):
+                if slot not in self._threads:
+                    thread = threading.Thread(
+                        target=self._work, args=(slot,), name=f"job-{slot}", daemon=True
+                    )
+                    self._threads[slot] = thread
+                    thread.start()
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Jobs were queued: idle threads claim now instead of at their next timeout."""
+        with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
+
+    def stop(self, timeout_s: float) -> bool:
+        """Claim nothing more; give jobs in flight `timeout_s` to finish. True if all did."""
+        with self._cond:
+            self._stopping = True
+            threads = list(self._threads.values())
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout_s
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in threads)
+
+    def step(self, now: float | None = None) -> Result | None:
+        """Claim the next due job and process it; None if none is due or uploads are paused."""
+        now = self._clock() if now is None else now
+        if now < self._paused_until:
+            return None
+        job = self._journal.claim(now)
+        return None if job is None else self.process(job)
+
+    def process(self, job: Job) -> Result:
+        """Take a claimed job to its end: sent and recorded, or back in the queue with a reason.
+
+        Raises only JournalError: when the journal cannot record anything, no outcome can be
+        kept, and the job stays claimed until the next start.
+        """
+        runtime = self._runtime  # this job's, whatever a reload does meanwhile
+        with self._cond:
+            self._busy += 1
+        try:
+            return self._process(job, runtime)
+        except JournalError:
+            raise
+        except Exception as exc:  # a bug on one file must not end a worker
+            log.exception("job.crashed", path=str(job.path))
+            return self._retry_later(
+                job, f"internal error: {type(exc).__name__}: {exc}"
+            )
+        finally:
+            with self._cond:
+                self._busy -= 1
+
+    def _work(self, slot: int) -> None:
+        while True:
+            with self._cond:
+                if self._stopping or slot >= self._size:
+                    del self._threads[slot]
+                    return
+                generation = self._generation
+            try:
+                if self.step() is None:
+                    self._idle(generation)
+            except Exception:  # a worker that dies silently shrinks the pool for months
+                # The journal (disk full, I/O error) or a bug: say so, back off, keep serving.
+                # A claimed job stays `submitting` and is resumed at the next start.
+                log.exception("worker.failed", retry_in_s=JOURNAL_ERROR_BACKOFF_S)
+                self._pause_worker(JOURNAL_ERROR_BACKOFF_S)
+
+    def _idle(self, generation: int) -> None:
+        now = self._clock()
+        due = (
+            self._paused_until
+            if now < self._paused_until
+            else self._journal.next_due_at()
+        )
+        with self._cond:
+            if not self._stopping and generation == self._generation:
+                self._cond.wait(timeout=max(0.01, min(IDLE_WAIT_S, due - now)))
+
+    def _pause_worker(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        with self._cond:
+            while not self._stopping and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(left)
+
+    def _process(self, job: Job, runtime: Runtime) -> Result:
+        started = time.monotonic()
+        profile = runtime.profile_for(job)
+        if profile is None:
+            return self._unconfigured(job)
+        look = look_at(job.path)
+        if look is None and not os.path.lexists(job.path):
+            return self._gone(job)
+        if look is not None and look != Look(job.size, job.mtime_ns):
+            return self._unsettled(job, look, runtime, "it changed after it settled")
+        try:
+            resolved = runtime.book.resolve_for(job.path, job.root, profile)
+        except ConfigError as exc:
+            return self._hold(job, str(exc))
+        try:
+            submission = runtime.client.submit(job.path, resolved.settings)
+        except RejectedError as exc:
+            return self._reject(job, str(exc), runtime)
+        except FileChangedError as exc:
+            look = look_at(job.path)
+            if look is None and not os.path.lexists(job.path):
+                return self._gone(job)
+            return self._unsettled(job, look or Look(0, 0), runtime, str(exc))
+        except AuthError as exc:
+            return self._pause(job, exc)
+        except TransientApiError as exc:
+            return self._retry_later(job, str(exc), exc.retry_after_s, exc.attempts)
+        return self._submitted(job, resolved.profile, submission, runtime, started)
+
+    def _submitted(
+        self,
+        job: Job,
+        profile: str,
+        sub: Submission,
+        runtime: Runtime,
+        started: float,
+    ) -> Result:
+        try:
+            write_sidecar(job.path, Kind.GUID, sub.guid, staging=runtime.staging)
+        except SidecarError as exc:
+            # The task exists and is billed: record it, don't send it again.
+            log.error(
+                "sidecar.write_failed",
+                path=str(job.path),
+                guid=sub.guid,
+                error=str(exc),
+            )
+        self._journal.mark_submitted(
+            job.path,
+            guid=sub.guid,
+            sha256=sub.sha256,
+            size=sub.size,
+            mtime_ns=sub.mtime_ns,
+            now=self._clock(),
+        )
+        log.info(
+            "job.submitted",
+            path=str(job.path),
+            profile=profile,
+            guid=sub.guid,
+            attempts=sub.attempts,
+            bytes=sub.size,
+            image_type=sub.image_type,
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        return Result(Outcome.SUBMITTED, guid=sub.guid)
+
+    def _reject(self, job: Job, reason: str, runtime: Runtime) -> Result:
+        try:
+            write_sidecar(job.path, Kind.ERROR, reason, staging=runtime.staging)
+        except SidecarError as exc:
+            log.error("sidecar.write_failed", path=str(job.path), error=str(exc))
+            return self._retry_later(job, f"{reason} (and {exc})")
+        look = look_at(job.path) or Look(job.size, job.mtime_ns)
+        self._journal.mark_rejected(
+            job.path,
+            reason=reason,
+            size=look.size,
+            mtime_ns=look.mtime_ns,
+            now=self._clock(),
+        )
+        log.warning("job.rejected", path=str(job.path), error=reason)
+        return Result(Outcome.REJECTED, reason)
+
+    def _retry_later(
+        self,
+        job: Job,
+        error: str,
+        retry_after_s: float | None = None,
+        attempts: int = 1,
+    ) -> Result:
+        now = self._clock()
+        when = next_attempt_at(job.attempts + 1, now, retry_after_s)
+        self._journal.mark_failed(job.path, error=error, next_attempt_at=when, now=now)
+        log.warning(
+            "job.retry_later",
+            path=str(job.path),
+            error=error,
+            wait_s=round(when - now, 1),
+            attempts=job.attempts + 1,
+            tries_this_round=attempts,
+        )
+        return Result(Outcome.RETRY, error)
+
+    def _unsettled(self, job: Job, look: Look, runtime: Runtime, why: str) -> Result:
+        """Back to the queue with how it looks now, to be claimed once it stayed so a while."""
+        now = self._clock()
+        changed = Job(job.path, job.root, look.size, look.mtime_ns)
+        not_before = now + runtime.settle_s(job.root)
+        self._journal.release(changed, now=now, not_before=not_before, reason=why)
+        log.info("job.changed", path=str(job.path), error=why)
+        return Result(Outcome.UNSETTLED, why)
+
+    def _gone(self, job: Job) -> Result:
+        self._journal.forget(job.path)
+        log.info("job.gone", path=str(job.path))
+        return Result(Outcome.GONE, "the file disappeared before it could be read")
+
+    def _hold(self, job: Job, reason: str) -> Result:
+        self._journal.hold(job.path, reason=f"held: {reason}", now=self._clock())
+        log.error("job.held", path=str(job.path), error=reason)
+        return Result(Outcome.HELD, reason)
+
+    def _unconfigured(self, job: Job) -> Result:
+        reason = "its folder is no longer in the config"
+        now = self._clock()
+        self._journal.release(
+            job, now=now, not_before=now + UNCONFIGURED_RETRY_S, reason=reason
+        )
+        return Result(Outcome.UNCONFIGURED, reason)
+
+    def _pause(self, job: Job, exc: AuthError) -> Result:
+        """Refused credentials: this file back to the queue, and every upload waits."""
+        now = self._clock()
+        self._journal.release(job, now=now, reason=str(exc))
+        wait = AUTH_RETRY_S if exc.retry_after_s is None else exc.retry_after_s
+        with self._cond:
+            was_paused = now < self._paused_until
+            until = now + min(wait, AUTH_PAUSE_MAX_S)
+            self._paused_until = max(self._paused_until, until)
+        if not was_paused:  # several workers may meet the refusal at once: one log line
+            log.error(
+                "auth.refused",
+                error=str(exc),
+                retry_in_s=round(wait),
+                queued_files_kept=True,
+            )
+        return Result(Outcome.AUTH, str(exc))
