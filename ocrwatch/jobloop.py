@@ -219,9 +219,9 @@ class JobLoop:
             thread.join(max(0.0, deadline - time.monotonic()))
         return not any(t.is_alive() for t in threads)
 
-    def step(self, now: float | None = None) -> Result | None:
+    def step(self) -> Result | None:
         """Claim the next due job and process it; None if none is due or uploads are paused."""
-        now = self._clock() if now is None else now
+        now = self._clock()
         if now < self._paused_until:
             return None
         job = self._journal.claim(now)

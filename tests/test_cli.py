@@ -333,3 +333,81 @@ def test_submit_on_a_terminal_shows_a_progress_bar(config_file, inbox, emulator)
     assert "3/3" in text
     assert "submitted 3, skipped 0 (sidecar present), failed 0" in text
     assert "job.submitted" not in text
+
+
+def test_status_shows_what_submit_did(config_file, inbox, emulator):
+    """submit records into run's journal: status counts its files and shows its rejection."""
+    write_png(inbox / "a.png", 1)
+    write_png(inbox / "b.png", 2)
+    (inbox / "bad.png").write_text("nope")
+
+    submitted = run("submit", "-c", str(config_file), str(inbox))
+    status = run("status", "-c", str(config_file), "--json")
+
+    report = json.loads(status.stdout)
+    assert (1, 0) == (submitted.returncode, status.returncode)
+    assert (2, 1, 0) == (
+        report["counts"]["submitted"],
+        report["counts"]["rejected"],
+        report["queue_depth"],
+    )
+    assert [str(inbox / "bad.png")] == [f["path"] for f in report["recent_failures"]]
+
+
+def test_a_lost_guid_is_restored_from_the_journal_not_paid_again(
+    config_file, inbox, emulator
+):
+    """submit, delete the .guid, submit again: the journal's GUID comes back, one upload in all."""
+    path = write_png(inbox / "a.png", 1)
+    run("submit", "-c", str(config_file), str(path))
+    guid = (inbox / "a.png.guid").read_text()
+    (inbox / "a.png.guid").unlink()
+
+    again = run("submit", "-c", str(config_file), str(path))
+
+    assert (0, "submitted 0, skipped 1 (sidecar present), failed 0") == (
+        again.returncode,
+        again.stdout.splitlines()[0],
+    )
+    assert guid == (inbox / "a.png.guid").read_text()
+    assert 1 == len(emulator.submissions())
+
+
+def test_submit_leaves_a_file_in_flight_in_run_alone(tmp_path, inbox):
+    """The daemon is uploading a file when submit is asked for it too: one upload, one GUID."""
+    from ocrwatch.emulator import Emulator
+
+    from .conftest import CLIENT_ID, wait_until
+    from .daemon_harness import journal_entry, spawn, stop
+
+    with Emulator(client_id=CLIENT_ID, client_secret=SECRET, latency_s=1.0) as emu:
+        config = write_config(
+            tmp_path / "config.yaml",
+            emu.url,
+            [{"path": str(inbox), "settle_seconds": 0.2}],
+        )
+        proc = spawn(config, tmp_path / "run.log", wait_started=True)
+        path = write_png(inbox / "a.png", 1)
+        wait_until(
+            lambda: (
+                (e := journal_entry(tmp_path / "state", path)) is not None
+                and e.state == "submitting"
+            ),
+            15,
+            "the daemon's upload in flight",
+        )
+
+        result = run("submit", "-c", str(config), str(path))
+        wait_until(lambda: (inbox / "a.png.guid").exists(), 15, "the daemon's .guid")
+        assert 0 == stop(proc)
+        sent = emu.submissions()
+
+    assert 0 == result.returncode
+    assert f"  skipped: {path}: another ocrwatch process is submitting it" in (
+        result.stdout.splitlines()
+    )
+    assert (
+        [f"{sent[0]['guid']}\n"]
+        == [s["guid"] + "\n" for s in sent]
+        == [(inbox / "a.png.guid").read_text()]
+    )

@@ -35,6 +35,33 @@ def post_image(
     )
 
 
+def test_the_emulator_and_ocrwatch_read_the_same_enums_from_the_spec():
+    """Both sides keep their own lists, written from docs/aspose-api.md; they must agree."""
+    from ocrwatch import settings
+    from ocrwatch.emulator import state
+
+    for name in ("LANGUAGES", "RESULT_TYPES", "DSR_MODES", "DSR_CONFIDENCES"):
+        assert getattr(settings, name) == getattr(state, name), name
+    assert 154 == len(state.LANGUAGES)
+
+
+def test_run_does_not_load_the_emulator():
+    """The test server is not part of the product path: importing the daemon and the CLI
+    leaves it unloaded."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ocrwatch.cli, ocrwatch.daemon, ocrwatch.batch; "
+        "print(any(m.startswith('ocrwatch.emulator') for m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+
+    assert "False" == result.stdout.strip()
+
+
 class TestTokenEndpoint:
     def test_form_token_response_shape(self, emulator):
         """A form-encoded client_credentials request gets access_token, expires_in and token_type Bearer."""

@@ -53,6 +53,21 @@ class TestParseConfig:
             ).api.resolved_token_url
         )
 
+    def test_a_retired_key_is_ignored_with_a_warning_naming_it(self):
+        """`api.upload_processes` (gone with the upload processes) must not stop a service
+        after an upgrade: it is ignored, and the log says to remove it."""
+        from structlog.testing import capture_logs
+
+        with capture_logs() as logs:
+            config = parse_config(
+                with_(api={"upload_processes": True, "concurrency": 3}), "c.yaml"
+            )
+
+        assert 3 == config.api.concurrency
+        assert [("config.key_ignored", "api.upload_processes", "remove it")] == [
+            (e["event"], e["key"], e["fix"]) for e in logs
+        ]
+
     def test_all_154_languages_are_accepted(self):
         """Every Language enum value of the API is a valid profile language."""
         assert 154 == len(set(LANGUAGES))
