@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -75,6 +76,7 @@ CLAIM_FILE_SQL: Final = (
     " RETURNING path, root, size, mtime_ns, attempts, profile"
 )
 LOOKUP_BATCH: Final = 500
+BUSY_TIMEOUT_S: Final = 5.0
 ENTRY_COLUMNS: Final = "path, size, mtime_ns, state, guid, attempts, next_attempt_at, last_error, held, updated_at"
 
 
@@ -130,9 +132,9 @@ class Journal:
                     path, check_same_thread=False, isolation_level=None
                 )
             # First, so that a `submit` opening the journal while `run` writes waits its turn.
-            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
             if not readonly:
-                self._db.execute("PRAGMA journal_mode=WAL")
+                self._use_wal()
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._migrate()
         except (sqlite3.Error, OSError) as exc:
@@ -143,6 +145,22 @@ class Journal:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def _use_wal(self) -> None:
+        """Switch to WAL, waiting for another process that is switching a fresh journal.
+
+        This pragma fails at once with "locked", without the busy handler, while another
+        connection converts the file; it is retried for as long as busy_timeout would wait.
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def _migrate(self) -> None:
         """Bring the schema up to date, in one transaction that reads the version first.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from typing import Any
 
 import yaml
 
@@ -24,7 +25,7 @@ def run(
     )
 
 
-def log_events(stderr: str) -> list[dict]:
+def log_events(stderr: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
 
 
@@ -293,7 +294,8 @@ def test_emulator_command_prints_url_first_and_exits_0_on_sigterm(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-        proc.stdout.close()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
     assert url.startswith("http://127.0.0.1:")
     assert 3 == len(token.split("."))

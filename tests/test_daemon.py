@@ -137,7 +137,9 @@ def test_broken_observer_is_restarted_and_later_files_processed(
     config = folder_config()
     with daemon_thread(config) as daemon:
         watcher = daemon.watchers.get(inbox)
+        assert watcher is not None
         broken = watcher.observer
+        assert broken is not None
         for emitter in list(broken.emitters):
             emitter.stop()
 
@@ -162,7 +164,9 @@ def test_polling_mode_finds_files_without_inotify(folder_config, inbox, emulator
     with daemon_thread(config) as daemon:
         from watchdog.observers.polling import PollingObserver
 
-        assert isinstance(daemon.watchers.get(inbox).observer, PollingObserver)
+        watcher = daemon.watchers.get(inbox)
+        assert watcher is not None
+        assert isinstance(watcher.observer, PollingObserver)
         write_png(inbox / "sub" / "polled.png", 3)
 
         wait_until(

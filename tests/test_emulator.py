@@ -260,7 +260,7 @@ class TestTasks:
                 {"image": PNG_B64, "settings": {"resultType": "TextAndPdf"}},
                 bearer,
             ).text
-            seen = []
+            seen: list[str] = []
             deadline = time.monotonic() + 5
             while (not seen or seen[-1] != "Completed") and time.monotonic() < deadline:
                 body = requests.get(

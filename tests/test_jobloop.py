@@ -194,6 +194,7 @@ class TestProcess:
             first = loop.step()
             second = loop.step()
 
+        assert first is not None
         assert (Outcome.AUTH, None) == (first.outcome, second)
         assert loop.paused
         assert {"queued": 3} == {k: v for k, v in journal.counts().items() if v}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -21,7 +22,7 @@ from ocrwatch.settings import LANGUAGES, Settings
 
 from .conftest import SECRET
 
-BASE = {
+BASE: dict[str, Any] = {
     "api": {"base_url": "http://127.0.0.1:9", "trial": True},
     "state_dir": "/tmp/ocrwatch-state",
     "folders": [{"path": "/srv/in"}],
@@ -218,7 +219,7 @@ class TestParseConfig:
 
 
 class TestCredentials:
-    def config(self, **api):
+    def config(self, **api: object):
         return parse_config(
             {
                 **BASE,

@@ -17,7 +17,7 @@ P = Path("/in/a.png")
 ROOT = Path("/in")
 
 
-def entry(size, mtime, state, guid=None):
+def entry(size, mtime, state, guid=None, /):
     return Entry(str(P), size, mtime, state, guid, 0, 0.0, None, False, 0.0)
 
 
@@ -116,7 +116,7 @@ class TestCatchUpDecision:
     )
     def test_needs_submission(self, found, known, expected):
         """The journal is authoritative; without it a sidecar no older than the file means done."""
-        record = None if known is None else entry(*known, "g")
+        record = None if known is None else entry(known[0], known[1], known[2], "g")
         assert expected is needs_submission(self.found(**found), record)
 
     @pytest.mark.parametrize(
@@ -261,7 +261,7 @@ class TestJournal:
         import threading
 
         errors = []
-        for round_ in range(10):
+        for round_ in range(30):
             path = tmp_path / f"j{round_}.sqlite3"
             barrier = threading.Barrier(4)
 
