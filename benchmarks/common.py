@@ -20,9 +20,8 @@ from tests.images import png_bytes
 OCRWATCH = [sys.executable, "-m", "ocrwatch"]
 CLIENT_ID = "bench"
 SECRET = "bench-secret-0123456789"
-EMULATOR_PIDS: dict[
-    str, int
-] = {}  # url -> pid, so a benchmark can read the server's CPU
+# url -> pid, so that a benchmark can read the server's CPU
+EMULATOR_PIDS: dict[str, int] = {}
 
 
 @contextmanager
@@ -80,14 +79,19 @@ def write_images(folder: Path, n: int, start: int = 0) -> list[Path]:
 
 
 def write_config(
-    path: Path, url: str, folders: list[dict[str, object]], **extra: object
+    path: Path,
+    url: str,
+    folders: list[dict[str, object]],
+    *,
+    concurrency: int = 4,
+    **extra: object,
 ) -> Path:
     data = {
         "api": {
             "base_url": url,
             "client_id": CLIENT_ID,
             "client_secret": SECRET,
-            "concurrency": 4,
+            "concurrency": concurrency,
         },
         "state_dir": str(path.parent / "state"),
         "folders": folders,
