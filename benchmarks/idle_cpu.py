@@ -24,7 +24,7 @@ def main(seconds: float) -> None:
         log = base / "run.log"
         proc = start_daemon(config, log)
         time.sleep(2)  # let start-up settle before measuring
-        # The daemon and its upload processes (and Python's fork server) together.
+        # The daemon and any children it may have (it starts none of its own).
         family = [psutil.Process(proc.pid)]
         family += family[0].children(recursive=True)
         before = sum(sum(p.cpu_times()[:2]) for p in family)

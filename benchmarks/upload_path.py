@@ -17,9 +17,10 @@ from common import CLIENT_ID, SECRET, emulator, wait_for, write_images
 from pydantic import SecretStr
 
 from ocrwatch.config import Credentials, parse_config
-from ocrwatch.jobloop import JobLoop, Runtime
+from ocrwatch.jobloop import JobLoop
 from ocrwatch.journal import Job, Journal
 from ocrwatch.log import configure_logging
+from ocrwatch.runtime import Runtime
 
 N = 2000
 

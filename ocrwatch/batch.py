@@ -150,9 +150,8 @@ def _not_claimed(job: Job, journal: Journal, summary: Summary) -> None:
     """Another process has it in flight, or it was submitted with this content already."""
     entry = journal.lookup([job.path]).get(str(job.path))
     if entry is not None and entry.state == "submitted" and entry.guid:
-        restore_guid(
-            job.path, entry.guid
-        )  # its .guid was lost: the journal still knows it
+        # Its .guid was lost: the journal still knows it.
+        restore_guid(job.path, entry.guid)
         summary.skipped.append(job.path)
     else:
         summary.busy.append(job.path)

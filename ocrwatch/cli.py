@@ -170,7 +170,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from ocrwatch.batch import Summary, expand, submit_all
-    from ocrwatch.jobloop import JobLoop, Runtime
+    from ocrwatch.jobloop import JobLoop
+    from ocrwatch.runtime import Runtime
 
     config, credentials = load_settings(
         config_path(args.config, os.environ), os.environ

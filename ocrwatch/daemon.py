@@ -22,18 +22,18 @@ from ocrwatch.catchup import CatchUp
 from ocrwatch.config import Config, Credentials, load_settings
 from ocrwatch.errors import ConfigError
 from ocrwatch.intake import Intake
-from ocrwatch.jobloop import JobLoop, Runtime, restore_guid
+from ocrwatch.jobloop import JobLoop, restore_guid
 from ocrwatch.journal import Journal
 from ocrwatch.lifecycle import Flags, signal_flags, state_lock
+from ocrwatch.runtime import Runtime
 from ocrwatch.selection import Found
 from ocrwatch.watcher import SUPERVISE_EVERY_S, WatcherSet
 
 log = structlog.get_logger()
 
 TICK_S: Final = 0.2
-DRAIN_MAX: Final = (
-    5000  # items per tick, so signals and settling stay responsive in a flood
-)
+# Items per tick, so that signals and settling stay responsive in a flood.
+DRAIN_MAX: Final = 5000
 
 
 @dataclass(frozen=True, slots=True)

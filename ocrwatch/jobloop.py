@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -20,8 +20,7 @@ from typing import Final
 
 import structlog
 
-from ocrwatch.client import OcrClient, Submission
-from ocrwatch.config import Config, Credentials, FolderConfig
+from ocrwatch.client import Submission
 from ocrwatch.errors import (
     AuthError,
     ConfigError,
@@ -32,55 +31,18 @@ from ocrwatch.errors import (
     TransientApiError,
 )
 from ocrwatch.journal import Job, Journal
-from ocrwatch.profiles import ProfileBook
 from ocrwatch.retry import next_attempt_at
+from ocrwatch.runtime import AUTH_RETRY_S, Runtime
 from ocrwatch.settle import Look
 from ocrwatch.sidecar import Kind, write_sidecar
 
 log = structlog.get_logger()
 
 IDLE_WAIT_S: Final = 1.0
-# A refusal is retried at most once a minute (or after the service's Retry-After), never later
-# than ten minutes: the token endpoint's own lockout.
-AUTH_RETRY_S: Final = 60.0
+# Never later than ten minutes: the token endpoint's own lockout after refused credentials.
 AUTH_PAUSE_MAX_S: Final = 600.0
 JOURNAL_ERROR_BACKOFF_S: Final = 5.0
 UNCONFIGURED_RETRY_S: Final = 3600.0
-DEFAULT_SETTLE_S: Final = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class Runtime:
-    """Everything a job takes from one version of the config."""
-
-    config: Config
-    client: OcrClient
-    book: ProfileBook
-    folders: Mapping[Path, FolderConfig]  # by absolute root
-    staging: Path | None  # where sidecars are prepared, if it is usable
-
-    @classmethod
-    def build(cls, config: Config, credentials: Credentials | None) -> Runtime:
-        return cls(
-            config,
-            OcrClient(config.api, credentials, auth_retry_s=AUTH_RETRY_S),
-            ProfileBook(config),
-            {f.path.absolute(): f for f in config.folders},
-            _staging(config.state_dir),
-        )
-
-    def profile_for(self, job: Job) -> str | None:
-        """The job's own profile (`submit --profile`), else its folder's; None if neither exists."""
-        if job.profile is not None and job.profile in self.config.profiles:
-            return job.profile
-        folder = self.folders.get(job.root)
-        if folder is not None:
-            return folder.profile
-        return None if job.profile is None else "default"
-
-    def settle_s(self, root: Path) -> float:
-        folder = self.folders.get(root)
-        return DEFAULT_SETTLE_S if folder is None else folder.settle_seconds
 
 
 class Outcome(StrEnum):
@@ -99,15 +61,6 @@ class Result:
     outcome: Outcome
     error: str | None = None
     guid: str | None = None
-
-
-def _staging(state_dir: Path) -> Path | None:
-    staging = state_dir / "staging"
-    try:
-        staging.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None  # sidecars are then prepared next to the original
-    return staging
 
 
 def look_at(path: Path) -> Look | None:
@@ -143,9 +96,8 @@ class JobLoop:
         self._clock = clock
         # Guards everything below; waited on by idle threads, notified by wake/resize/stop.
         self._cond = threading.Condition()
-        self._generation = (
-            0  # bumped by wake(): a wake between a claim and a wait is kept
-        )
+        # Bumped by wake(): a wake between a claim and the wait that follows is kept.
+        self._generation = 0
         self._size = 0
         self._stopping = False
         self._threads: dict[int, threading.Thread] = {}

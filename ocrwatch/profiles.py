@@ -144,11 +144,8 @@ class ProfileBook:
         except OSError:
             self.invalidate(path)
             return None
-        key = (
-            st.st_mtime_ns,
-            st.st_size,
-            st.st_ino,
-        )  # a rename-based save is a new inode
+        # A rename-based save is a new inode.
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
         with self._lock:
             cached = self._cache.get(path)
         if cached is None or cached[0] != key:

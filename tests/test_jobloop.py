@@ -12,8 +12,9 @@ from structlog.testing import capture_logs
 
 from ocrwatch.config import Credentials, parse_config
 from ocrwatch.emulator import Emulator
-from ocrwatch.jobloop import JobLoop, Outcome, Runtime
+from ocrwatch.jobloop import JobLoop, Outcome
 from ocrwatch.journal import Job, Journal
+from ocrwatch.runtime import Runtime
 
 from .conftest import CLIENT_ID, SECRET, wait_until
 from .images import png_bytes, write_png

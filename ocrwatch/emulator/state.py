@@ -14,8 +14,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
-# docs/aspose-api.md §3.1 (the SDK's enums and the supported-languages page), the languages
-# kept as the spec prints them, so that the two can be compared by eye (hence the noqa).
+# docs/aspose-api.md §3.1 (the SDK's enums and the supported-languages page), in the spec's
+# order and spelling, as words, so that they can be compared with it by eye (hence the noqa).
 LANGUAGES: Final = tuple(
     """English German French Italian Spanish Portuguese Polish Slovene Slovak Netherlands
     Lithuanian Latvian Danish Norwegian Finnish Serbian Croatian Czech Swedish Estonian Romanian
@@ -32,37 +32,13 @@ LANGUAGES: Final = tuple(
     Magahi Haryanvi Chattisgarhi Dhundari Konkani Kanauji Mewati Rajbanshi Garhwali Kumauni Wagdi
     Malvi Mewari Uyghur Telugu Kannada Tamil Devanagari""".split()  # noqa: SIM905
 )
-RESULT_TYPES: Final = (
-    "Text",
-    "Pdf",
-    "TextAndPdf",
-    "Hocr",
-    "TextAndHocr",
-    "PdfAndHocr",
-    "TextAndPdfAndHocr",
-    "ImagePNG",
-    "JSON",
+RESULT_TYPES: Final = tuple(
+    "Text Pdf TextAndPdf Hocr TextAndHocr PdfAndHocr TextAndPdfAndHocr ImagePNG JSON".split()  # noqa: SIM905
 )
-DSR_MODES: Final = (
-    "Regions",
-    "DsrNoFilter",
-    "DsrAndFilter",
-    "NoDsrNoFilter",
-    "TextDetector",
-    "DsrPlusDetector",
-    "PolygonalTextDetector",
-    "LineDetector",
+DSR_MODES: Final = tuple(
+    "Regions DsrNoFilter DsrAndFilter NoDsrNoFilter TextDetector DsrPlusDetector PolygonalTextDetector LineDetector".split()  # noqa: SIM905
 )
-DSR_CONFIDENCES: Final = (
-    "Default",
-    "Low",
-    "LowMid",
-    "Mid",
-    "MidHigh",
-    "High",
-    "Ultra",
-    "All",
-)
+DSR_CONFIDENCES: Final = tuple("Default Low LowMid Mid MidHigh High Ultra All".split())  # noqa: SIM905
 TASK_TTL_S: Final = 24 * 3600.0
 LOCKOUT_FAILURES: Final = 5
 LOCKOUT_S: Final = 600.0

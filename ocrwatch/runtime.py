@@ -1,0 +1,64 @@
+"""One version of the config, built into what jobs use: the client, the profile book, the folders.
+
+A reload builds a new `Runtime` and hands it to the job loop; the old one is never closed, so a
+job that started with it finishes with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from ocrwatch.client import OcrClient
+from ocrwatch.config import Config, Credentials, FolderConfig
+from ocrwatch.journal import Job
+from ocrwatch.profiles import ProfileBook
+
+# A refusal is retried at most once a minute, or after the service's Retry-After.
+AUTH_RETRY_S: Final = 60.0
+DEFAULT_SETTLE_S: Final = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """Everything a job takes from one version of the config."""
+
+    config: Config
+    client: OcrClient
+    book: ProfileBook
+    folders: Mapping[Path, FolderConfig]  # by absolute root
+    staging: Path | None  # where sidecars are prepared, if it is usable
+
+    @classmethod
+    def build(cls, config: Config, credentials: Credentials | None) -> Runtime:
+        return cls(
+            config,
+            OcrClient(config.api, credentials, auth_retry_s=AUTH_RETRY_S),
+            ProfileBook(config),
+            {f.path.absolute(): f for f in config.folders},
+            _staging(config.state_dir),
+        )
+
+    def profile_for(self, job: Job) -> str | None:
+        """The job's own profile (`submit --profile`), else its folder's; None if neither exists."""
+        if job.profile is not None and job.profile in self.config.profiles:
+            return job.profile
+        folder = self.folders.get(job.root)
+        if folder is not None:
+            return folder.profile
+        return None if job.profile is None else "default"
+
+    def settle_s(self, root: Path) -> float:
+        folder = self.folders.get(root)
+        return DEFAULT_SETTLE_S if folder is None else folder.settle_seconds
+
+
+def _staging(state_dir: Path) -> Path | None:
+    staging = state_dir / "staging"
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # sidecars are then prepared next to the original
+    return staging
