@@ -1,7 +1,8 @@
 """`ocrwatch submit`: expand the given paths into jobs, take each through the job loop, summarise.
 
 It uses `run`'s journal: every file is claimed there before it is sent, so `submit` and a running
-daemon never send one file at once, and `status` shows what `submit` did.
+daemon never send one file at once, and `status` shows what `submit` did. A file that another
+process is sending is waited for, and reported as that process's outcome.
 """
 
 from __future__ import annotations
@@ -14,21 +15,31 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from tqdm import tqdm
 
 from ocrwatch.config import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, Config, FolderConfig
+from ocrwatch.errors import JournalError
 from ocrwatch.jobloop import JobLoop, Outcome, restore_guid
-from ocrwatch.journal import Job, Journal
+from ocrwatch.journal import DONE_STATES, Entry, Job, Journal
 from ocrwatch.selection import deepest_root, walk_candidates
-from ocrwatch.sidecar import existing_sidecar, has_current_sidecar, is_sidecar_name
+from ocrwatch.sidecar import (
+    Kind,
+    existing_sidecar,
+    has_current_sidecar,
+    is_sidecar_name,
+    sidecar_path,
+)
+
+OTHER_PROCESS_WAIT_S: Final = 120.0
+POLL_S: Final = 0.2
 
 
 @dataclass
 class Summary:
     submitted: list[tuple[Path, str]] = field(default_factory=list)  # (path, guid)
     skipped: list[Path] = field(default_factory=list)
-    busy: list[Path] = field(default_factory=list)  # in flight in another ocrwatch
     failed: list[tuple[Path, str]] = field(default_factory=list)  # (path, reason)
 
     @property
@@ -46,7 +57,9 @@ def expand(
         path = given.absolute()
         root = deepest_root(path, folders)
         folder = None if root is None else folders[root]
-        chosen = profile or (folder.profile if folder else "default")
+        # Stored only when the folder does not say: a file left queued follows its folder's
+        # profile as the config has it when the daemon sends it.
+        chosen = profile or (None if folder else "default")
         if path.is_dir():
             jobs += _walk(path, root or path, folder, chosen, summary)
         elif is_sidecar_name(path.name):
@@ -62,7 +75,7 @@ def _walk(
     directory: Path,
     root: Path,
     folder: FolderConfig | None,
-    profile: str,
+    profile: str | None,
     summary: Summary,
 ) -> list[Job]:
     jobs = []
@@ -82,7 +95,9 @@ def _walk(
     return jobs
 
 
-def _given_file(path: Path, root: Path, profile: str, summary: Summary) -> Job | None:
+def _given_file(
+    path: Path, root: Path, profile: str | None, summary: Summary
+) -> Job | None:
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -109,16 +124,23 @@ def submit_all(
 ) -> Summary:
     """Claim and process every job, `concurrency` at a time; stop sending once refused."""
     refused = threading.Event()  # the rest would be refused the same way
+    stopping = threading.Event()  # Ctrl-C: no more claims, no more waiting
+    loop.resume_orphans()  # what a killed `submit` left claimed
 
     def send(job: Job) -> None:
-        if refused.is_set():
-            summary.failed.append((job.path, "not sent: the credentials were refused"))
+        if refused.is_set() or stopping.is_set():
+            why = "the credentials were refused" if refused.is_set() else "interrupted"
+            summary.failed.append((job.path, f"not sent: {why}"))
             return
-        claimed = journal.claim_file(job, clock())
-        if claimed is None:
-            _not_claimed(job, journal, summary)
+        try:
+            claimed = journal.claim_file(job, clock())
+            if claimed is None:
+                _not_claimed(job, journal, summary, stopping)
+                return
+            result = loop.process(claimed)
+        except JournalError as exc:
+            summary.failed.append((job.path, str(exc)))
             return
-        result = loop.process(claimed)
         if result.outcome is Outcome.SUBMITTED and result.guid:
             summary.submitted.append((job.path, result.guid))
             return
@@ -138,20 +160,46 @@ def submit_all(
         nrows=size.lines,
     )
     concurrency = loop.runtime.config.api.concurrency
-    with ThreadPoolExecutor(concurrency, thread_name_prefix="submit") as pool:
+    pool = ThreadPoolExecutor(concurrency, thread_name_prefix="submit")
+    try:
         for future in as_completed([pool.submit(send, job) for job in jobs]):
             future.result()
             bar.update(1)
-    bar.close()
+    finally:
+        # On Ctrl-C: uploads in flight finish and are recorded; nothing new starts.
+        stopping.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
     return summary
 
 
-def _not_claimed(job: Job, journal: Journal, summary: Summary) -> None:
+def _not_claimed(
+    job: Job, journal: Journal, summary: Summary, stopping: threading.Event
+) -> None:
     """Another process has it in flight, or it was submitted with this content already."""
-    entry = journal.lookup([job.path]).get(str(job.path))
+    entry = _wait_while_submitting(job, journal, stopping)
     if entry is not None and entry.state == "submitted" and entry.guid:
-        # Its .guid was lost: the journal still knows it.
-        restore_guid(job.path, entry.guid)
+        if not sidecar_path(job.path, Kind.GUID).exists():
+            # Its .guid was lost: the journal still knows it.
+            restore_guid(job.path, entry.guid)
         summary.skipped.append(job.path)
+    elif entry is not None and entry.state == "submitting":
+        why = "another ocrwatch process is still submitting it; see `ocrwatch status`"
+        summary.failed.append((job.path, why))
     else:
-        summary.busy.append(job.path)
+        why = entry.last_error if entry is not None and entry.last_error else "unknown"
+        done = entry is not None and entry.state in DONE_STATES
+        what = entry.state if entry is not None and done else "not sent"
+        summary.failed.append((job.path, f"{what} by another ocrwatch process: {why}"))
+
+
+def _wait_while_submitting(
+    job: Job, journal: Journal, stopping: threading.Event
+) -> Entry | None:
+    deadline = time.monotonic() + OTHER_PROCESS_WAIT_S
+    while True:
+        entry = journal.lookup([job.path]).get(str(job.path))
+        if entry is None or entry.state != "submitting":
+            return entry
+        if time.monotonic() > deadline or stopping.wait(POLL_S):
+            return entry

@@ -191,8 +191,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
     print(
         f"submitted {len(summary.submitted)}, skipped {len(summary.skipped)} (sidecar present), failed {len(summary.failed)}"
     )
-    for path in sorted(summary.busy):
-        print(f"  skipped: {path}: another ocrwatch process is submitting it")
     for path, reason in sorted(summary.failed):
         print(f"  failed: {path}: {reason}")
     return summary.exit_code

@@ -82,7 +82,7 @@ def parse_task_id(body: str) -> str:
         text = text[1:-1].strip()
     if not GUID_RE.match(text):
         raise TransientApiError(
-            f"the service answered 200 without a task GUID ({text[:60]!r})"
+            f"the service answered 200 without a task GUID ({redact_text(text[:60])!r})"
         )
     return text.lower()
 

@@ -20,7 +20,7 @@ import structlog
 
 from ocrwatch.catchup import CatchUp
 from ocrwatch.config import Config, Credentials, load_settings
-from ocrwatch.errors import ConfigError
+from ocrwatch.errors import ConfigError, JournalError
 from ocrwatch.intake import Intake
 from ocrwatch.jobloop import JobLoop, restore_guid
 from ocrwatch.journal import Journal
@@ -32,6 +32,8 @@ from ocrwatch.watcher import SUPERVISE_EVERY_S, WatcherSet
 log = structlog.get_logger()
 
 TICK_S: Final = 0.2
+# How often rows left `submitting` by a process that is gone (a killed `submit`) are queued again.
+RESUME_EVERY_S: Final = 60.0
 # Items per tick, so that signals and settling stay responsive in a flood.
 DRAIN_MAX: Final = 5000
 
@@ -148,7 +150,7 @@ class Daemon:
             return self._shutdown()
 
     def _start(self) -> None:
-        resumed = self.journal.resume(self.clock())
+        resumed = self.loop.resume_orphans()
         folders = self.loop.runtime.folders
         self.watchers.apply(folders)
         self.loop.start()
@@ -165,8 +167,9 @@ class Daemon:
         )
 
     def _loop(self) -> None:
-        next_supervise = next_rescan = time.monotonic()
+        next_supervise = next_rescan = next_resume = time.monotonic()
         next_rescan += self.config.rescan_interval
+        next_resume += RESUME_EVERY_S
         while not self.flags.stop:
             now = time.monotonic()
             if self.flags.reload:
@@ -175,6 +178,9 @@ class Daemon:
             if now >= next_supervise:
                 self.watchers.supervise()
                 next_supervise = now + SUPERVISE_EVERY_S
+            if now >= next_resume:
+                self._resume_orphans()
+                next_resume = now + RESUME_EVERY_S
             if now >= next_rescan:
                 for root in self.loop.runtime.folders:
                     self.catchup.request(root, "interval")
@@ -183,6 +189,16 @@ class Daemon:
             self.catchup.start_if_due(folders, list(folders))
             self._drain(timeout=self._tick_timeout())
             self.intake.settle_due(self.clock())
+
+    def _resume_orphans(self) -> None:
+        try:
+            resumed = self.loop.resume_orphans()
+        except JournalError as exc:
+            log.error("journal.resume_failed", error=str(exc))
+            return
+        if resumed:
+            log.info("journal.resumed", files=resumed)
+            self.loop.wake()
 
     def _tick_timeout(self) -> float:
         due = self.intake.next_due_in(self.clock())

@@ -101,8 +101,11 @@ class JobLoop:
         self._size = 0
         self._stopping = False
         self._threads: dict[int, threading.Thread] = {}
-        self._busy = 0
+        self._in_flight: set[Path] = set()
         self._paused_until = 0.0
+        # Held from a claim until its job is in `_in_flight`, so that `resume_orphans` never
+        # takes a row that a thread has just claimed for one of this process's orphans.
+        self._claim_lock = threading.Lock()
 
     @property
     def runtime(self) -> Runtime:
@@ -116,7 +119,7 @@ class JobLoop:
     @property
     def in_flight(self) -> int:
         with self._cond:
-            return self._busy
+            return len(self._in_flight)
 
     @property
     def paused(self) -> bool:
@@ -176,18 +179,32 @@ class JobLoop:
         now = self._clock()
         if now < self._paused_until:
             return None
-        job = self._journal.claim(now)
+        with self._claim_lock:
+            job = self._journal.claim(now)
+            if job is not None:
+                self._begin(job)
         return None if job is None else self.process(job)
+
+    def resume_orphans(self) -> int:
+        """Queue again the rows that a process that is gone left `submitting`, and this
+        process's own whose outcome could not be recorded (the journal failed meanwhile)."""
+        with self._claim_lock:
+            with self._cond:
+                in_flight = set(self._in_flight)
+            return self._journal.resume(self._clock(), in_flight=in_flight)
+
+    def _begin(self, job: Job) -> None:
+        with self._cond:
+            self._in_flight.add(job.path)
 
     def process(self, job: Job) -> Result:
         """Take a claimed job to its end: sent and recorded, or back in the queue with a reason.
 
         Raises only JournalError: when the journal cannot record anything, no outcome can be
-        kept, and the job stays claimed until the next start.
+        kept; the row stays claimed until `resume_orphans` puts it back.
         """
         runtime = self._runtime  # this job's, whatever a reload does meanwhile
-        with self._cond:
-            self._busy += 1
+        self._begin(job)
         try:
             return self._process(job, runtime)
         except JournalError:
@@ -199,7 +216,7 @@ class JobLoop:
             )
         finally:
             with self._cond:
-                self._busy -= 1
+                self._in_flight.discard(job.path)
 
     def _work(self, slot: int) -> None:
         while True:
@@ -213,7 +230,7 @@ class JobLoop:
                     self._idle(generation)
             except Exception:  # a worker that dies silently shrinks the pool for months
                 # The journal (disk full, I/O error) or a bug: say so, back off, keep serving.
-                # A claimed job stays `submitting` and is resumed at the next start.
+                # A claimed job stays `submitting` until `resume_orphans` puts it back.
                 log.exception("worker.failed", retry_in_s=JOURNAL_ERROR_BACKOFF_S)
                 self._pause_worker(JOURNAL_ERROR_BACKOFF_S)
 
@@ -258,7 +275,7 @@ class JobLoop:
                 return self._gone(job)
             return self._unsettled(job, look or Look(0, 0), runtime, str(exc))
         except AuthError as exc:
-            return self._pause(job, exc)
+            return self._pause(job, exc, runtime)
         except TransientApiError as exc:
             return self._retry_later(job, str(exc), exc.retry_after_s, exc.attempts)
         return self._submitted(job, resolved.profile, submission, runtime, started)
@@ -365,16 +382,23 @@ class JobLoop:
         )
         return Result(Outcome.UNCONFIGURED, reason)
 
-    def _pause(self, job: Job, exc: AuthError) -> Result:
-        """Refused credentials: this file back to the queue, and every upload waits."""
+    def _pause(self, job: Job, exc: AuthError, runtime: Runtime) -> Result:
+        """Refused credentials: this file back to the queue, and every upload waits.
+
+        Not if the refusal was of credentials a reload has replaced meanwhile.
+        """
         now = self._clock()
         self._journal.release(job, now=now, reason=str(exc))
-        wait = AUTH_RETRY_S if exc.retry_after_s is None else exc.retry_after_s
+        wait = min(
+            AUTH_RETRY_S if exc.retry_after_s is None else exc.retry_after_s,
+            AUTH_PAUSE_MAX_S,
+        )
         with self._cond:
+            current = runtime is self._runtime
             was_paused = now < self._paused_until
-            until = now + min(wait, AUTH_PAUSE_MAX_S)
-            self._paused_until = max(self._paused_until, until)
-        if not was_paused:  # several workers may meet the refusal at once: one log line
+            if current:
+                self._paused_until = max(self._paused_until, now + wait)
+        if current and not was_paused:  # several workers may meet it at once: one line
             log.error(
                 "auth.refused",
                 error=str(exc),

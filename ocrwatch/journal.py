@@ -5,12 +5,15 @@ next_attempt_at). A crash leaves `submitting` rows, which `resume()` puts back i
 upload in flight at a crash is sent again (at-least-once). synchronous=NORMAL may lose the last
 commits on power loss, never on a process crash; the catch-up scan finds such files again.
 Several processes may open it at once (`run` and any number of `submit`s): each claim is one
-statement, so a row is never claimed twice.
+statement that records the claiming process, so a row is never claimed twice, and only the rows
+of a process that is gone are put back.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Final
 
 from ocrwatch.errors import JournalError
+from ocrwatch.log import redact_text
 
 STATES: Final = ("queued", "submitting", "submitted", "failed", "rejected")
 DONE_STATES: Final = ("submitted", "rejected")
@@ -50,14 +54,16 @@ MIGRATIONS: Final = (
     CREATE INDEX files_todo ON files(next_attempt_at, created_at)
         WHERE state IN ('queued', 'failed') AND held=0;
     """,
-    # version 3: the profile `submit --profile` chose; NULL means the folder's profile
+    # version 3: the profile `submit` chose (NULL: the folder's), and which process claimed a
+    # `submitting` row (see `this_process`)
     """
     ALTER TABLE files ADD COLUMN profile TEXT;
+    ALTER TABLE files ADD COLUMN claimed_by TEXT;
     """,
 )
 # INDEXED BY: with few rows and no statistics SQLite would pick files_due and sort the backlog.
 CLAIM_SQL: Final = (
-    "UPDATE files SET state='submitting', updated_at=? WHERE path = ("
+    "UPDATE files SET state='submitting', claimed_by=?, updated_at=? WHERE path = ("
     " SELECT path FROM files INDEXED BY files_todo WHERE state IN ('queued', 'failed')"
     " AND held=0 AND next_attempt_at <= ? ORDER BY next_attempt_at, created_at LIMIT 1)"
     " RETURNING path, root, size, mtime_ns, attempts, profile"
@@ -65,9 +71,10 @@ CLAIM_SQL: Final = (
 # One file claimed by path (`submit`): a new row, or one that is neither in flight elsewhere
 # nor submitted with this very content.
 CLAIM_FILE_SQL: Final = (
-    "INSERT INTO files(path, root, size, mtime_ns, state, profile, created_at, updated_at)"
-    " VALUES (?, ?, ?, ?, 'submitting', ?, ?, ?)"
+    "INSERT INTO files(path, root, size, mtime_ns, state, profile, claimed_by, created_at,"
+    " updated_at) VALUES (?, ?, ?, ?, 'submitting', ?, ?, ?, ?)"
     " ON CONFLICT(path) DO UPDATE SET state='submitting', root=excluded.root,"
+    " claimed_by=excluded.claimed_by,"
     " size=excluded.size, mtime_ns=excluded.mtime_ns, profile=excluded.profile, held=0,"
     " attempts=CASE WHEN files.state IN ('queued', 'failed') THEN files.attempts ELSE 0 END,"
     " updated_at=excluded.updated_at"
@@ -286,7 +293,7 @@ class Journal:
 
     def claim(self, now: float) -> Job | None:
         """Take the next due file for submission, or None if nothing is due."""
-        return _job(self._write(CLAIM_SQL, (now, now)))
+        return _job(self._write(CLAIM_SQL, (this_process(), now, now)))
 
     def claim_file(self, job: Job, now: float) -> Job | None:
         """Take this one file for submission (`submit`), recording it if it is new.
@@ -294,7 +301,7 @@ class Journal:
         None if another process has it in flight, or it was submitted with this content already.
         """
         params = (str(job.path), str(job.root), job.size, job.mtime_ns, job.profile)
-        return _job(self._write(CLAIM_FILE_SQL, (*params, now, now)))
+        return _job(self._write(CLAIM_FILE_SQL, (*params, this_process(), now, now)))
 
     def _set(
         self, path: Path, now: float, sql: str, params: tuple[object, ...]
@@ -328,7 +335,7 @@ class Journal:
             path,
             now,
             "state='rejected', last_error=?, size=?, mtime_ns=?, attempts=attempts+1, held=0",
-            (reason, size, mtime_ns),
+            (redact_text(reason), size, mtime_ns),
         )
 
     def mark_failed(
@@ -339,7 +346,7 @@ class Journal:
             path,
             now,
             "state='failed', last_error=?, next_attempt_at=?, attempts=attempts+1",
-            (error, next_attempt_at),
+            (redact_text(error), next_attempt_at),
         )
 
     def release(
@@ -359,12 +366,14 @@ class Journal:
             job.path,
             now,
             "state='queued', size=?, mtime_ns=?, next_attempt_at=?, last_error=COALESCE(?, last_error)",
-            (job.size, job.mtime_ns, not_before, reason),
+            (job.size, job.mtime_ns, not_before, reason and redact_text(reason)),
         )
 
     def hold(self, path: Path, *, reason: str, now: float) -> None:
         """Keep a file queued but unclaimable until `release_held` (its override file is invalid)."""
-        self._set(path, now, "state='queued', held=1, last_error=?", (reason,))
+        self._set(
+            path, now, "state='queued', held=1, last_error=?", (redact_text(reason),)
+        )
 
     def release_held(self, under: Path, now: float) -> int:
         with self._tx() as db:
@@ -378,13 +387,28 @@ class Journal:
     def forget(self, path: Path) -> None:
         self._write("DELETE FROM files WHERE path=?", (str(path),))
 
-    def resume(self, now: float) -> int:
-        """After a crash: everything that was in flight goes back to the queue."""
+    def resume(self, now: float, *, in_flight: Iterable[Path] = ()) -> int:
+        """Put back in the queue what a process that is gone left in flight (a crash, a kill).
+
+        Rows this process claimed and no longer has `in_flight` go back too (their outcome
+        could not be recorded); rows of another live process (`submit` beside `run`) stay.
+        """
+        mine, keep = this_process(), {str(p) for p in in_flight}
         with self._tx() as db:
-            return db.execute(
-                "UPDATE files SET state='queued', updated_at=? WHERE state='submitting'",
-                (now,),
-            ).rowcount
+            rows = db.execute(
+                "SELECT path, claimed_by FROM files WHERE state='submitting'"
+            ).fetchall()
+            orphans = [
+                path
+                for path, owner in rows
+                if (path not in keep if owner == mine else not is_alive(owner))
+            ]
+            for path in orphans:
+                db.execute(
+                    "UPDATE files SET state='queued', updated_at=? WHERE path=?",
+                    (now, path),
+                )
+        return len(orphans)
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)
@@ -431,3 +455,52 @@ def _like_prefix(directory: Path) -> str:
         str(directory).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     )
     return escaped.rstrip("/") + "/%"
+
+
+@functools.cache
+def this_process() -> str:
+    """Who claims a row: boot, pid and start time, so that a reused pid is not taken for us."""
+    return owner_of(os.getpid())
+
+
+def owner_of(pid: int) -> str:
+    return f"{_boot_id()}/{pid}/{_start_time(pid)}"
+
+
+def is_alive(owner: str | None) -> bool:
+    """Is the process that claimed a row still running? Unknown owners count as gone."""
+    try:
+        boot, pid, started = (owner or "").split("/")
+        now_started = _start_time(int(pid))
+    except ValueError:
+        return False
+    if boot != _boot_id() or now_started == "gone":
+        return False
+    if "?" not in (started, now_started):
+        return now_started == started
+    try:  # /proc hidden from us: the pid is all there is to go on
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+@functools.cache
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def _start_time(pid: int) -> str:
+    """Field 22 of /proc/PID/stat: clock ticks from boot to the process's start."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return "gone"
+    except OSError:
+        return "?"
+    return stat[stat.rindex(")") + 2 :].split()[19]

@@ -42,7 +42,15 @@ class Resolved:
 
 
 def resolve_profile(name: str, table: Mapping[str, ProfileSpec]) -> Settings:
-    """A named profile with its `extends` chain applied, the base first (the config checked cycles)."""
+    """A named profile with its `extends` chain applied, the base first (the config checked cycles).
+
+    Raises ConfigError for a name the config does not define (any more): a file queued by
+    `submit --profile` may outlive its profile.
+    """
+    if name not in table:
+        raise ConfigError(
+            f"profile `{name}` is not defined in the config; define it, or submit the file again"
+        )
     chain: list[ProfileSpec] = []
     current: str | None = name
     while current is not None:

@@ -42,13 +42,11 @@ class Runtime:
         )
 
     def profile_for(self, job: Job) -> str | None:
-        """The job's own profile (`submit --profile`), else its folder's; None if neither exists."""
-        if job.profile is not None and job.profile in self.config.profiles:
+        """The job's own profile (from `submit`), else its folder's; None if its folder left the config."""
+        if job.profile is not None:
             return job.profile
         folder = self.folders.get(job.root)
-        if folder is not None:
-            return folder.profile
-        return None if job.profile is None else "default"
+        return None if folder is None else folder.profile
 
     def settle_s(self, root: Path) -> float:
         folder = self.folders.get(root)

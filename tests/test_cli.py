@@ -376,7 +376,8 @@ def test_a_lost_guid_is_restored_from_the_journal_not_paid_again(
 
 
 def test_submit_leaves_a_file_in_flight_in_run_alone(tmp_path, inbox):
-    """The daemon is uploading a file when submit is asked for it too: one upload, one GUID."""
+    """The daemon is uploading a file when submit is asked for it too: submit waits for the
+    daemon's outcome and reports it; one upload, one GUID."""
     from ocrwatch.emulator import Emulator
 
     from .conftest import CLIENT_ID, wait_until
@@ -404,12 +405,40 @@ def test_submit_leaves_a_file_in_flight_in_run_alone(tmp_path, inbox):
         assert 0 == stop(proc)
         sent = emu.submissions()
 
-    assert 0 == result.returncode
-    assert f"  skipped: {path}: another ocrwatch process is submitting it" in (
-        result.stdout.splitlines()
+    assert (0, "submitted 0, skipped 1 (sidecar present), failed 0") == (
+        result.returncode,
+        result.stdout.splitlines()[0],
     )
     assert (
         [f"{sent[0]['guid']}\n"]
         == [s["guid"] + "\n" for s in sent]
         == [(inbox / "a.png.guid").read_text()]
     )
+
+
+def test_a_file_a_killed_submit_left_claimed_is_sent_by_the_next_one(
+    config_file, inbox, emulator
+):
+    """kill -9 of `submit` mid-upload loses no file: its claim dies with it."""
+    import sqlite3
+
+    from ocrwatch.config import load_config
+    from ocrwatch.journal import Job, Journal, owner_of
+
+    path = write_png(inbox / "a.png", 1)
+    st = path.stat()
+    journal = Journal(load_config(config_file).journal_path)
+    journal.claim_file(Job(path, inbox, st.st_size, st.st_mtime_ns), 0.0)
+    journal.close()
+    db = sqlite3.connect(load_config(config_file).journal_path)
+    db.execute("UPDATE files SET claimed_by=?", (owner_of(2**22 + 1),))  # gone
+    db.commit()
+    db.close()
+
+    result = run("submit", "-c", str(config_file), str(path))
+
+    assert (0, "submitted 1, skipped 0 (sidecar present), failed 0") == (
+        result.returncode,
+        result.stdout.splitlines()[0],
+    )
+    assert 1 == len(emulator.submissions())

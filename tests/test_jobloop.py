@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from ocrwatch.config import Credentials, parse_config
 from ocrwatch.emulator import Emulator
-from ocrwatch.jobloop import JobLoop, Outcome
+from ocrwatch.jobloop import JobLoop, Outcome, Result
 from ocrwatch.journal import Job, Journal
 from ocrwatch.runtime import Runtime
 
@@ -202,6 +202,27 @@ class TestProcess:
         assert 1 == emulator.token_calls
         assert ["auth.refused"] == [e["event"] for e in logs]
 
+    def test_a_profile_that_left_the_config_holds_the_file(
+        self, loop, journal, inbox, emulator
+    ):
+        """A file `submit --profile gone` left queued is not sent with other settings."""
+        path = write_png(inbox / "a.png", 1)
+        st = path.stat()
+        journal.note_many([Job(path, inbox, st.st_size, st.st_mtime_ns)], 0.0)
+        job = journal.claim_file(
+            Job(path, inbox, st.st_size, st.st_mtime_ns, 0, "gone"), 0.0
+        )
+        assert job is not None
+
+        result = loop.process(job)
+
+        assert Outcome.HELD is result.outcome
+        assert (
+            "profile `gone` is not defined in the config"
+            in row(journal, path).last_error
+        )
+        assert [] == emulator.submissions()
+
     def test_a_file_whose_folder_left_the_config_waits_an_hour(
         self, loop, journal, tmp_path, emulator
     ):
@@ -271,6 +292,32 @@ class TestThreads:
             languages = [r["settings"]["language"] for r in emu.submissions()]
         assert ["English", "German"] == languages
         assert 2 == journal.counts()["submitted"]
+
+    def test_a_refusal_of_replaced_credentials_does_not_pause_the_new_ones(
+        self, tmp_path, journal, inbox
+    ):
+        """A job still on the old runtime is refused after a reload brought the right secret:
+        its file goes back to the queue, but uploads with the new credentials do not wait."""
+        with Emulator(client_id=CLIENT_ID, client_secret=SECRET, latency_s=0.5) as emu:
+            loop = JobLoop(journal, make_runtime(tmp_path, emu.url, secret="wrong"))
+            path = write_png(inbox / "a.png", 1)
+            queue(journal, path)
+            outcome: list[Result | None] = []
+            worker = threading.Thread(target=lambda: outcome.append(loop.step()))
+            with capture_logs() as logs:
+                worker.start()
+                wait_until(
+                    lambda: emu.bodies_read >= 1, 5, "the token call on the wire"
+                )
+                loop.swap(make_runtime(tmp_path, emu.url))
+                worker.join(10)
+                retried = loop.step()
+
+        assert outcome[0] is not None
+        assert retried is not None
+        assert Outcome.AUTH is outcome[0].outcome
+        assert Outcome.SUBMITTED is retried.outcome
+        assert "auth.refused" not in [e["event"] for e in logs]
 
     def test_stop_ends_idle_threads_at_once(self, loop):
         """Idle threads wait on a condition that stop() wakes: no timeout needs to pass."""

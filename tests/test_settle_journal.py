@@ -21,6 +21,10 @@ def entry(size, mtime, state, guid=None, /):
     return Entry(str(P), size, mtime, state, guid, 0, 0.0, None, False, 0.0)
 
 
+def row_of(journal, path):
+    return journal.lookup([path]).get(str(path))
+
+
 def note(journal, path=P, size=10, mtime=1, *, now):
     """Queue one settled file; True if it was queued."""
     return bool(journal.note_many([Job(path, ROOT, size, mtime)], now))
@@ -256,6 +260,46 @@ class TestJournal:
         again = journal.claim(now=3.0)
         assert (20, 5, 0) == (again.size, again.mtime_ns, again.attempts)
 
+    def test_resume_takes_back_only_what_a_process_that_is_gone_left(self, journal):
+        """A daemon starting beside a live `submit` must not take the file it is sending; rows
+        of a killed process, and this process's own that are no longer in flight, go back."""
+        import subprocess
+        import sys
+
+        from ocrwatch.journal import owner_of
+
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            live, gone = owner_of(child.pid), owner_of(2**22 + 1)
+            paths = [
+                Path(f"/in/{name}.png") for name in ("live", "gone", "mine", "busy")
+            ]
+            for path in paths:
+                note(journal, path, now=0.0)
+            while journal.claim(now=0.0) is not None:
+                pass
+            other = sqlite3.connect(journal.path)  # plays the other processes
+            for owner, name in ((live, "/in/live.png"), (gone, "/in/gone.png")):
+                other.execute(
+                    "UPDATE files SET claimed_by=? WHERE path=?", (owner, name)
+                )
+            other.commit()
+            other.close()
+
+            resumed = journal.resume(1.0, in_flight=[Path("/in/busy.png")])
+            states = {p.name: e.state for p in paths if (e := row_of(journal, p))}
+        finally:
+            child.kill()
+            child.wait()
+
+        assert 2 == resumed
+        assert {
+            "live.png": "submitting",
+            "gone.png": "queued",
+            "mine.png": "queued",
+            "busy.png": "submitting",
+        } == states
+
     def test_processes_opening_a_fresh_journal_at_once_all_succeed(self, tmp_path):
         """`run` and `submit` starting together on a new state_dir: one migrates, the rest wait."""
         import threading
@@ -327,7 +371,9 @@ class TestJournal:
         journal.close()
 
         db = sqlite3.connect(path)
-        plan = db.execute(f"EXPLAIN QUERY PLAN {CLAIM_SQL}", (1.0, 1.0)).fetchall()
+        plan = db.execute(
+            f"EXPLAIN QUERY PLAN {CLAIM_SQL}", ("me", 1.0, 1.0)
+        ).fetchall()
         assert len(MIGRATIONS) == db.execute("PRAGMA user_version").fetchone()[0]
         db.close()
         assert job is not None
