@@ -47,3 +47,93 @@ HEADERS = {
     "bmp": b"BM\x36\x00\x00\x00\x00\x00",
     "gif": b"GIF89a\x01\x00\x01\x00",
 }
+
+
+def jpeg_bytes(entropy: bytes = b"\x12\x34", *, thumbnail: bool = True) -> bytes:
+    """A structurally valid baseline JPEG: SOI, APP0, an APP1 holding a whole JPEG thumbnail (an
+    EOI that is not the end), DQT, SOF0, DHT, SOS, entropy-coded data (0xFF stuffed, a restart
+    marker in the middle) and EOI. Not decodable; every marker and length is right."""
+
+    def segment(marker: int, body: bytes) -> bytes:
+        return bytes((0xFF, marker)) + struct.pack(">H", len(body) + 2) + body
+
+    stuffed = entropy.replace(b"\xff", b"\xff\x00")
+    half = len(stuffed) // 2
+    if half and stuffed[half - 1] == 0xFF:
+        half += 1  # do not split a stuffed 0xFF00 with the restart marker
+    scan = stuffed[:half] + b"\xff\xd0" + stuffed[half:]
+    inner = b"\xff\xd8" + segment(0xDB, bytes(65)) + b"\xff\xd9" if thumbnail else b""
+    return (
+        b"\xff\xd8"
+        + segment(0xE0, b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00")
+        + (segment(0xE1, b"Exif\x00\x00" + inner) if thumbnail else b"")
+        + segment(0xDB, bytes(65))
+        + segment(0xC0, b"\x08\x00\x08\x00\x08\x01\x01\x11\x00")
+        + segment(0xC4, bytes(17) + b"\x00")
+        + segment(0xDA, b"\x01\x01\x00\x00\x3f\x00")
+        + scan
+        + b"\xff\xd9"
+    )
+
+
+def tiff_bytes(strips: list[bytes], *, big_endian: bool = False) -> bytes:
+    """A valid single-page TIFF: header, strip data, then the directory (StripOffsets and
+    StripByteCounts out of line when there are several strips), ending the file."""
+    order = ">" if big_endian else "<"
+    header = (b"MM\x00*" if big_endian else b"II*\x00") + b"\x00\x00\x00\x00"
+    data = b"".join(strips)
+    offsets, at = [], len(header)
+    for strip in strips:
+        offsets.append(at)
+        at += len(strip)
+    n = len(strips)
+    arrays = b""
+    arrays_at = len(header) + len(data)
+    if n > 1:
+        offsets_at = arrays_at
+        arrays += struct.pack(order + "I" * n, *offsets)
+        counts_at = arrays_at + len(arrays)
+        arrays += struct.pack(order + "I" * n, *map(len, strips))
+    ifd_at = arrays_at + len(arrays)
+
+    def entry(tag: int, kind: int, count: int, value: int) -> bytes:
+        if kind == 3 and count == 1:
+            return struct.pack(order + "HHIHH", tag, kind, count, value, 0)
+        return struct.pack(order + "HHII", tag, kind, count, value)
+
+    entries = [
+        entry(256, 3, 1, 8),
+        entry(257, 3, 1, 8 * n),
+        entry(273, 4, n, offsets_at if n > 1 else offsets[0]),
+        entry(279, 4, n, counts_at if n > 1 else len(strips[0])),
+    ]
+    ifd = struct.pack(order + "H", len(entries)) + b"".join(entries) + b"\x00" * 4
+    header = header[:4] + struct.pack(order + "I", ifd_at)
+    return header + data + arrays + ifd
+
+
+def gif_bytes(frames: list[bytes]) -> bytes:
+    """A valid GIF89a: a global colour table, a comment extension and one image per frame
+    (its LZW data in sub-blocks), then the trailer."""
+
+    def sub_blocks(data: bytes) -> bytes:
+        out = b"".join(
+            bytes((len(data[i : i + 255]),)) + data[i : i + 255]
+            for i in range(0, len(data), 255)
+        )
+        return out + b"\x00"
+
+    out = b"GIF89a" + struct.pack("<HHBBB", 8, 8, 0x80, 0, 0) + bytes(6)
+    out += b"\x21\xfe" + sub_blocks(b"ocrwatch test")
+    for frame in frames:
+        out += (
+            b"\x2c" + struct.pack("<HHHHB", 0, 0, 8, 8, 0) + b"\x02" + sub_blocks(frame)
+        )
+    return out + b"\x3b"
+
+
+def bmp_bytes(pixels: bytes) -> bytes:
+    """A BMP whose header declares its own size."""
+    body = struct.pack("<IiiHHIIiiII", 40, 1, 1, 1, 24, 0, len(pixels), 0, 0, 0, 0)
+    size = 14 + len(body) + len(pixels)
+    return b"BM" + struct.pack("<IIi", size, 0, 14 + len(body)) + body + pixels

@@ -1,0 +1,100 @@
+"""The completeness check: a whole image passes, no strict prefix of one does (hypothesis)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ocrwatch.completeness import why_incomplete
+
+from .images import bmp_bytes, gif_bytes, jpeg_bytes, png_bytes, tiff_bytes
+
+
+def check(data: bytes) -> str | None:
+    return why_incomplete(lambda offset, n: data[offset : offset + n], len(data))
+
+
+pngs = st.builds(
+    png_bytes,
+    st.integers(0, 2**16),
+    st.integers(1, 40),
+    st.integers(1, 40),
+)
+jpegs = st.builds(
+    jpeg_bytes, st.binary(min_size=1, max_size=400), thumbnail=st.booleans()
+)
+tiffs = st.builds(
+    tiff_bytes,
+    st.lists(st.binary(min_size=1, max_size=64), min_size=1, max_size=5),
+    big_endian=st.booleans(),
+)
+gifs = st.builds(
+    gif_bytes, st.lists(st.binary(min_size=1, max_size=600), min_size=1, max_size=3)
+)
+bmps = st.builds(bmp_bytes, st.binary(min_size=1, max_size=200))
+images = st.one_of(pngs, jpegs, tiffs, gifs, bmps)
+
+
+@given(images)
+def test_a_whole_image_is_complete(data):
+    """Every well-formed image passes."""
+    assert check(data) is None
+
+
+@given(images, st.data())
+def test_no_strict_prefix_of_an_image_is_complete(data, draw):
+    """However the writer paused, a prefix is never taken for the whole file."""
+    cut = draw.draw(st.integers(0, len(data) - 1), label="cut")
+
+    assert check(data[:cut]) is not None
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        pytest.param(
+            png_bytes(1, 64, 64)[:426],
+            "truncated PNG: no IEND chunk after 426 bytes",
+            id="png",
+        ),
+        pytest.param(
+            jpeg_bytes()[:-2], "truncated JPEG: no end marker after", id="jpeg"
+        ),
+        pytest.param(
+            tiff_bytes([b"x" * 10, b"y" * 10])[:-4],
+            "truncated TIFF: its directory ends past the end",
+            id="tiff",
+        ),
+        pytest.param(bmp_bytes(b"z" * 30)[:-1], "truncated BMP:", id="bmp"),
+        pytest.param(
+            gif_bytes([b"a" * 300])[:-1], "truncated GIF: no trailer", id="gif"
+        ),
+    ],
+)
+def test_the_reason_names_the_format_and_what_is_missing(data, reason):
+    """The reason goes into an `.error` sidecar after incomplete_timeout: it says what is wrong."""
+    assert (check(data) or "").startswith(reason)
+
+
+def test_a_jpeg_thumbnail_end_marker_is_not_the_end_of_the_file():
+    """The EOI of an embedded thumbnail (in APP1) comes early; the walk skips it by length."""
+    data = jpeg_bytes(b"\x00" * 50, thumbnail=True)
+    thumbnail_end = data.index(b"\xff\xd9") + 2
+
+    assert check(data[:thumbnail_end]) is not None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"plain text", b"\xff\xd8\xff\xe0\x00\x04\x00\x00" + b"garbage", b"%PDF-1.4"],
+    ids=["text", "damaged-jpeg", "pdf"],
+)
+def test_damaged_or_unknown_content_is_left_to_the_service(data):
+    """Only running out of bytes counts as incomplete; anything else goes ahead."""
+    assert check(data) is None
+
+
+def test_an_empty_file_is_waited_for():
+    """A scanner may create the file before it writes anything."""
+    assert "the file is empty so far" == check(b"")
