@@ -1,8 +1,9 @@
 """The OAuth client-credentials token: fetch it, cache it until shortly before expiry, drop it on 401.
 
 The token endpoint locks a credential pair for 10 minutes after 5 refusals, so a refusal is
-remembered and re-raised without another call until its wait is over. New credentials (a reload)
-come with a new cache.
+remembered and re-raised without another call until its wait is over. A 429 is that lock-out
+only when it follows a refusal; otherwise it is rate limiting, to be waited out and retried. New
+credentials (a reload) come with a new cache.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from typing import Final
 import requests
 
 from ocrwatch.config import Credentials
-from ocrwatch.errors import ApiError, AuthError, TransientApiError
+from ocrwatch.errors import ApiError, AuthError, TokenRateLimitError, TransientApiError
 from ocrwatch.log import register_secret
 from ocrwatch.retry import parse_retry_after
 
 REFRESH_MARGIN_S: Final = 60.0
+LOCKOUT_S: Final = 600.0  # how long the token endpoint locks out refused credentials
 
 
 class TokenCache:
@@ -53,6 +55,17 @@ class TokenCache:
                 return self._token
             try:
                 token, lifetime_s = self._fetch()
+            except TokenRateLimitError as exc:
+                if self._refusal is None:
+                    raise
+                lockout = AuthError(
+                    f"{self._refusal}; the token endpoint now locks these credentials out "
+                    "(HTTP 429): fix them, then wait",
+                    status=429,
+                    retry_after_s=exc.retry_after_s or LOCKOUT_S,
+                )
+                self._refused_until = now + (lockout.retry_after_s or LOCKOUT_S)
+                raise lockout from None
             except AuthError as exc:
                 self._refusal = str(exc)
                 wait = (
@@ -80,6 +93,7 @@ def fetch_token(
     url: str,
     credentials: Credentials,
     timeout: tuple[float, float],
+    proxies: dict[str, str] | None = None,
 ) -> tuple[str, float]:
     """POST client_credentials as a form and return (access_token, lifetime in seconds)."""
     form = {
@@ -89,7 +103,11 @@ def fetch_token(
     }
     try:
         response = session.post(
-            url, data=form, headers={"Accept": "application/json"}, timeout=timeout
+            url,
+            data=form,
+            headers={"Accept": "application/json"},
+            timeout=timeout,
+            proxies=proxies,
         )
     except requests.RequestException as exc:
         raise TransientApiError(
@@ -129,11 +147,10 @@ def error_for_token_status(
             status=status,
         )
     if status == 429:
-        return AuthError(
-            f"the token endpoint is rate-limiting client_id `{client_id}` after refused "
-            "credentials (HTTP 429); fix the credentials, then wait",
+        return TokenRateLimitError(
+            "the token endpoint is rate-limiting (HTTP 429)",
             status=status,
-            retry_after_s=wait if wait is not None else 600.0,
+            retry_after_s=wait,
         )
     return TransientApiError(
         f"token endpoint answered HTTP {status}", status=status, retry_after_s=wait

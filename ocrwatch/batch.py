@@ -39,6 +39,8 @@ POLL_S: Final = 0.2
 @dataclass
 class Summary:
     submitted: list[tuple[Path, str]] = field(default_factory=list)  # (path, guid)
+    # A GUID from the journal: the same content sent before, or a current .guid already there
+    reused: list[tuple[Path, str]] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)  # (path, reason)
 
@@ -143,6 +145,9 @@ def submit_all(
             return
         if result.outcome is Outcome.SUBMITTED and result.guid:
             summary.submitted.append((job.path, result.guid))
+            return
+        if result.outcome in (Outcome.DEDUPLICATED, Outcome.ADOPTED) and result.guid:
+            summary.reused.append((job.path, result.guid))
             return
         if result.outcome is Outcome.AUTH:
             refused.set()

@@ -184,12 +184,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
     jobs = expand(args.paths, config, args.profile, summary)
     journal = Journal(config.journal_path)
     try:
-        loop = JobLoop(journal, Runtime.build(config, credentials))
+        loop = JobLoop(journal, Runtime.build(config, credentials), one_shot=True)
         submit_all(loop, journal, jobs, summary, progress=sys.stderr.isatty())
     finally:
         journal.close()
     print(
-        f"submitted {len(summary.submitted)}, skipped {len(summary.skipped)} (sidecar present), failed {len(summary.failed)}"
+        f"submitted {len(summary.submitted)}, reused {len(summary.reused)}, "
+        f"skipped {len(summary.skipped)} (sidecar present), failed {len(summary.failed)}"
     )
     for path, reason in sorted(summary.failed):
         print(f"  failed: {path}: {reason}")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit
 
 import requests
 
@@ -34,7 +35,7 @@ from ocrwatch.errors import (
     RejectedError,
     TransientApiError,
 )
-from ocrwatch.log import redact_text
+from ocrwatch.log import redact_text, register_secret
 from ocrwatch.retry import RetryPolicy, parse_retry_after
 from ocrwatch.settings import Settings
 
@@ -170,12 +171,19 @@ class ImageBody:
 
 @dataclass(frozen=True, slots=True)
 class Submission:
+    """A task the service accepted (and bills).
+
+    `changed` says why the task no longer describes the file as it is on disk (it changed or
+    went away while it was sent), so that no sidecar claims it does.
+    """
+
     guid: str
     sha256: str
     size: int
     mtime_ns: int
     attempts: int
     image_type: str
+    changed: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,30 +217,37 @@ class OcrClient:
         )
         self._local = threading.local()
         self.trial = api.trial or credentials is None
+        endpoint = "RecognizeImageTrial" if self.trial else "RecognizeImage"
+        self._url = f"{api.base_url}/v5.0/ocr/{endpoint}"
+        self._proxies = proxies_for(self._url, api)
+        self._verify = ca_bundle(api)
         self.tokens: TokenCache | None = None
         if credentials is not None and not self.trial:
             creds = credentials
+            token_url = api.resolved_token_url
+            token_proxies = proxies_for(token_url, api)
             self.tokens = TokenCache(
                 lambda: fetch_token(
-                    self._session(), api.resolved_token_url, creds, self._timeout
+                    self._session(), token_url, creds, self._timeout, token_proxies
                 ),
                 auth_retry_s=auth_retry_s,
             )
-        endpoint = "RecognizeImageTrial" if self.trial else "RecognizeImage"
-        self._url = f"{api.base_url}/v5.0/ocr/{endpoint}"
 
     def _session(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
             session.headers["User-Agent"] = USER_AGENT
-            # A proxy from the environment must not see our token.
+            # The environment's proxies and CA bundle were read once, in `__init__`: requests
+            # would otherwise look them up again on every request.
             session.trust_env = False
+            session.verify = self._verify
             self._local.session = session
         return session
 
     def submit(self, path: Path, settings: Settings) -> Submission:
-        """Send one image and return its task; raises RejectedError, ApiError or FileChangedError."""
+        """Send one image and return its task; raises RejectedError, ApiError or FileChangedError
+        (the file changed before the service accepted it)."""
         fd = _open_image(path)
         try:
             before = os.fstat(fd)
@@ -242,7 +257,6 @@ class OcrClient:
             guid, attempts = self._policy.call(
                 lambda: self._post_image(body), path=str(path)
             )
-            _check_unchanged(path, fd, before)
             return Submission(
                 guid,
                 body.sha256.hexdigest(),
@@ -250,6 +264,7 @@ class OcrClient:
                 before.st_mtime_ns,
                 attempts,
                 image_type,
+                changed=_why_changed(path, fd, before),
             )
         finally:
             os.close(fd)
@@ -295,6 +310,7 @@ class OcrClient:
                 data=None if body is None else body.payload(),
                 headers=headers,
                 timeout=self._timeout,
+                proxies=self._proxies,
             )
         except FileChangedError:
             raise
@@ -331,6 +347,33 @@ class OcrClient:
             sleep(delay)
             waited += delay
             delay = min(10.0, delay * 1.5)
+
+
+def proxies_for(url: str, api: ApiConfig) -> dict[str, str]:
+    """The proxy for `url`: `api.proxy`, else HTTPS_PROXY/HTTP_PROXY unless NO_PROXY exempts it.
+
+    A password in a proxy URL is masked in all output from now on.
+    """
+    if api.proxy is not None:
+        proxy = api.proxy.get_secret_value()
+        proxies = {"http": proxy, "https": proxy}
+    else:
+        proxies = dict(requests.utils.get_environ_proxies(url))
+    for proxy in proxies.values():
+        password = urlsplit(proxy).password
+        if password:
+            register_secret(password)
+    return proxies
+
+
+def ca_bundle(api: ApiConfig) -> str | bool:
+    """The CA certificates to trust: `api.ca_bundle`, else REQUESTS_CA_BUNDLE or SSL_CERT_FILE,
+    else requests' own (certifi)."""
+    if api.ca_bundle is not None:
+        return str(api.ca_bundle)
+    return (
+        os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE") or True
+    )
 
 
 def parse_task_result(body: str) -> TaskResult:
@@ -394,13 +437,13 @@ def _check_image(fd: int, st: os.stat_result, path: Path) -> str:
     return kind
 
 
-def _check_unchanged(path: Path, fd: int, before: os.stat_result) -> None:
+def _why_changed(path: Path, fd: int, before: os.stat_result) -> str | None:
     """A file that changed while it was sent must not get a .guid for content it no longer has."""
     try:
         now_fd = os.fstat(fd)
         now_path = path.stat()
     except OSError:
-        raise FileChangedError("the file disappeared while it was being sent") from None
+        return "the file disappeared while it was being sent"
     same = (
         now_fd.st_size == before.st_size
         and now_fd.st_mtime_ns == before.st_mtime_ns
@@ -408,5 +451,4 @@ def _check_unchanged(path: Path, fd: int, before: os.stat_result) -> None:
         and now_path.st_size == before.st_size
         and now_path.st_mtime_ns == before.st_mtime_ns
     )
-    if not same:
-        raise FileChangedError("the file changed while it was being sent")
+    return None if same else "the file changed while it was being sent"

@@ -42,7 +42,7 @@ TIFF_DATA_TAGS: Final = (
 )  # (offsets, byte counts): strips, tiles
 
 
-class _Short(Exception):
+class _TruncatedError(Exception):
     """A structure the file announces runs past its end."""
 
 
@@ -62,12 +62,12 @@ def why_incomplete(read: Read, size: int) -> str | None:
     def exact(offset: int, length: int) -> bytes:
         data = read(offset, length)
         if len(data) < length:
-            raise _Short
+            raise _TruncatedError
         return data
 
     try:
         return check(exact, size)
-    except _Short:
+    except _TruncatedError:
         return f"truncated {kind}: it ends at byte {size}"
 
 

@@ -20,6 +20,7 @@ import yaml
 from pydantic import (
     AliasChoices,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -75,6 +76,25 @@ ENUMS: Final[dict[str, tuple[str, ...]]] = {
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
+DURATION_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> object:
+    """Seconds from a number or from a string such as `90s`, `10m`, `24h` or `1d`."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        unit = DURATION_UNITS.get(text[-1:], None) if text else None
+        number = text[:-1] if unit is not None else text
+        try:
+            return float(number) * (unit or 1.0)
+        except ValueError:
+            raise ValueError(
+                f"`{value}` is not a duration; use seconds, or a number with s, m, h or d (e.g. 10m)"
+            ) from None
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 
 
 class Model(BaseModel):
@@ -126,8 +146,26 @@ class ApiConfig(Model):
     concurrency: Annotated[int, Field(ge=1, le=64)] = 4
     timeout: Timeout = Timeout()
     retry: Retry = Retry()
+    # A proxy URL may carry a user and password: it is a secret like the client secret.
+    proxy: SecretStr | None = None
+    ca_bundle: Path | None = None
 
     _urls = field_validator("base_url", "token_url")(_check_url)
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.get_secret_value())
+        if (
+            parts.scheme not in ("http", "https", "socks5", "socks5h")
+            or not parts.hostname
+        ):
+            raise ValueError(
+                "not a proxy URL; use e.g. http://proxy.example:3128 (user:password@ allowed)"
+            )
+        return value
 
     @property
     def resolved_token_url(self) -> str:
@@ -199,6 +237,10 @@ class Config(Model):
     api: ApiConfig = ApiConfig()
     state_dir: Path = Path("/var/lib/ocrwatch")
     rescan_interval: PositiveFloat = 300.0
+    # The same content with the same settings, accepted within this, reuses its GUID; 0: off.
+    dedupe_window: Duration = 24 * 3600.0
+    # A still-truncated image gets an `.error` once it has been quiet this long.
+    incomplete_timeout: Duration = 600.0
     shutdown_timeout: NonNegativeFloat = 30.0
     folders: Annotated[tuple[FolderConfig, ...], Field(min_length=1)]
     profiles: dict[str, ProfileSpec] = Field(

@@ -7,6 +7,7 @@ OcrwatchError                  fatal unless caught per file; exit 1
 ├── ApiError                   talking to Aspose failed
 │   ├── AuthError              credentials refused -- don't hammer the token endpoint
 │   └── TransientApiError      timeout, connection, 408/429/5xx -- retry, then "retry later"
+│       └── TokenRateLimitError  the token endpoint's 429 -- wait (up to retry.max_delay), retry
 ├── SidecarError               a sidecar could not be written (read-only share, disk full)
 ├── FileChangedError           the file changed while it was read -- settle again, then resubmit
 └── RejectedError              this file can never succeed as it is -> `.error` sidecar
@@ -61,6 +62,10 @@ class AuthError(ApiError):
 
 class TransientApiError(ApiError):
     """A timeout, a dropped connection, 408, 429 or 5xx: worth trying again later."""
+
+
+class TokenRateLimitError(TransientApiError):
+    """The token endpoint asked us to slow down: wait its Retry-After (capped), then retry."""
 
 
 class SidecarError(OcrwatchError):

@@ -9,6 +9,7 @@ reload swaps between jobs: a job in flight finishes with the runtime it started 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -31,10 +32,17 @@ from ocrwatch.errors import (
     TransientApiError,
 )
 from ocrwatch.journal import Job, Journal
+from ocrwatch.preflight import Receipt, content_key, current_receipt, inspect
 from ocrwatch.retry import next_attempt_at
 from ocrwatch.runtime import AUTH_RETRY_S, Runtime
 from ocrwatch.settle import Look
-from ocrwatch.sidecar import Kind, write_sidecar
+from ocrwatch.sidecar import (
+    Kind,
+    read_guid,
+    sidecar_path,
+    why_unwritable,
+    write_sidecar,
+)
 
 log = structlog.get_logger()
 
@@ -43,10 +51,19 @@ IDLE_WAIT_S: Final = 1.0
 AUTH_PAUSE_MAX_S: Final = 600.0
 JOURNAL_ERROR_BACKOFF_S: Final = 5.0
 UNCONFIGURED_RETRY_S: Final = 3600.0
+INCOMPLETE_RECHECK_MAX_S: Final = 60.0
+# How long a file waits for the GUID of a twin that is on the wire before it is queued again.
+TWIN_WAIT_S: Final = 30.0
+TWIN_POLL_S: Final = 0.1
 
 
 class Outcome(StrEnum):
     SUBMITTED = "submitted"
+    DEDUPLICATED = (
+        "deduplicated"  # the same content was accepted lately: its GUID, no upload
+    )
+    ADOPTED = "adopted"  # a current .guid was there already (a copy, a move): no upload
+    INCOMPLETE = "incomplete"  # not a whole image yet: wait for the rest
     REJECTED = "rejected"
     RETRY = "retry"  # transient trouble outlasted the client's retries: try later
     UNSETTLED = "unsettled"  # it changed since it settled, or while it was sent
@@ -90,10 +107,14 @@ class JobLoop:
         runtime: Runtime,
         *,
         clock: Callable[[], float] = time.time,
+        one_shot: bool = False,
     ) -> None:
         self._journal = journal
         self._runtime = runtime
         self._clock = clock
+        self._one_shot = (
+            one_shot  # `submit`: report a file that is not ready, do not wait
+        )
         # Guards everything below; waited on by idle threads, notified by wake/resize/stop.
         self._cond = threading.Condition()
         # Bumped by wake(): a wake between a claim and the wait that follows is kept.
@@ -103,6 +124,7 @@ class JobLoop:
         self._threads: dict[int, threading.Thread] = {}
         self._in_flight: set[Path] = set()
         self._paused_until = 0.0
+        self._held_logged: set[Path] = set()
         # Held from a claim until its job is in `_in_flight`, so that `resume_orphans` never
         # takes a row that a thread has just claimed for one of this process's orphans.
         self._claim_lock = threading.Lock()
@@ -257,14 +279,22 @@ class JobLoop:
         if profile is None:
             return self._unconfigured(job)
         look = look_at(job.path)
-        if look is None and not os.path.lexists(job.path):
-            return self._gone(job)
-        if look is not None and look != Look(job.size, job.mtime_ns):
+        if look is None:
+            if not os.path.lexists(job.path):
+                return self._gone(job)
+        elif look != Look(job.size, job.mtime_ns):
             return self._unsettled(job, look, runtime, "it changed after it settled")
+        elif (receipt := current_receipt(job.path, look)) is not None:
+            return self._already_done(job, look, receipt)
         try:
             resolved = runtime.book.resolve_for(job.path, job.root, profile)
         except ConfigError as exc:
             return self._hold(job, str(exc))
+        if (why := why_unwritable(job.path)) is not None:
+            return self._hold(job, why, once_per=job.path.parent)
+        key = content_key(resolved.settings, runtime.client.trial)
+        if look is not None and (early := self._before_upload(job, look, key, runtime)):
+            return early
         try:
             submission = runtime.client.submit(job.path, resolved.settings)
         except RejectedError as exc:
@@ -278,13 +308,48 @@ class JobLoop:
             return self._pause(job, exc, runtime)
         except TransientApiError as exc:
             return self._retry_later(job, str(exc), exc.retry_after_s, exc.attempts)
-        return self._submitted(job, resolved.profile, submission, runtime, started)
+        if submission.changed is not None:
+            return self._changed_after_upload(job, submission, key, runtime)
+        return self._submitted(job, resolved.profile, submission, key, runtime, started)
+
+    def _before_upload(
+        self, job: Job, look: Look, key: str, runtime: Runtime
+    ) -> Result | None:
+        """Not a whole image yet, or content the service already has: no upload."""
+        window = runtime.config.dedupe_window
+        seen = inspect(job.path, want_sha256=window > 0)
+        if seen.incomplete is not None:
+            return self._incomplete(job, look, seen.incomplete, runtime)
+        if seen.sha256 is None:
+            return None
+        deadline = time.monotonic() + TWIN_WAIT_S
+        while True:
+            found = self._journal.find_accepted(
+                seen.sha256, key, self._clock() - window
+            )
+            if found is not None:
+                return self._deduplicated(job, look, seen.sha256, key, found, runtime)
+            if self._journal.mark_content(job.path, seen.sha256, key):
+                return None  # nobody is sending this content: send it
+            # A twin (a copy, the same file under another name) is on the wire: its GUID
+            # will do for this one too.
+            if time.monotonic() > deadline or self._wait_a_little():
+                why = "the same content is being sent as another file"
+                return self._unsettled(job, look, runtime, why)
+
+    def _wait_a_little(self) -> bool:
+        """Wait TWIN_POLL_S, or less if the loop stops; True if it stops."""
+        with self._cond:
+            if not self._stopping:
+                self._cond.wait(TWIN_POLL_S)
+            return self._stopping
 
     def _submitted(
         self,
         job: Job,
         profile: str,
         sub: Submission,
+        key: str,
         runtime: Runtime,
         started: float,
     ) -> Result:
@@ -298,13 +363,16 @@ class JobLoop:
                 guid=sub.guid,
                 error=str(exc),
             )
+        now = self._clock()
         self._journal.mark_submitted(
             job.path,
             guid=sub.guid,
             sha256=sub.sha256,
             size=sub.size,
             mtime_ns=sub.mtime_ns,
-            now=self._clock(),
+            now=now,
+            settings_key=key,
+            accepted_at=now,
         )
         log.info(
             "job.submitted",
@@ -317,6 +385,123 @@ class JobLoop:
             duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
         return Result(Outcome.SUBMITTED, guid=sub.guid)
+
+    def _already_done(self, job: Job, look: Look, receipt: Receipt) -> Result:
+        """Its sidecar is current (a copied tree, a folder moved with its sidecars): the
+        sidecar is the receipt; record it and send nothing."""
+        now = self._clock()
+        if receipt.kind is Kind.GUID:
+            self._journal.mark_submitted(
+                job.path,
+                guid=receipt.text,
+                sha256=None,
+                size=look.size,
+                mtime_ns=look.mtime_ns,
+                now=now,
+            )
+            log.info("job.sidecar_current", path=str(job.path), guid=receipt.text)
+            return Result(Outcome.ADOPTED, guid=receipt.text)
+        self._journal.mark_rejected(
+            job.path,
+            reason=receipt.text,
+            size=look.size,
+            mtime_ns=look.mtime_ns,
+            now=now,
+        )
+        log.info("job.sidecar_current", path=str(job.path), error=receipt.text)
+        return Result(Outcome.REJECTED, receipt.text)
+
+    def _deduplicated(
+        self,
+        job: Job,
+        look: Look,
+        sha256: str,
+        key: str,
+        found: tuple[Path, str, float],
+        runtime: Runtime,
+    ) -> Result:
+        """The service accepted this content with these settings lately: reuse its GUID."""
+        source, guid, accepted_at = found
+        try:
+            write_sidecar(job.path, Kind.GUID, guid, staging=runtime.staging)
+        except SidecarError as exc:
+            log.error(
+                "sidecar.write_failed", path=str(job.path), guid=guid, error=str(exc)
+            )
+        self._journal.mark_submitted(
+            job.path,
+            guid=guid,
+            sha256=sha256,
+            size=look.size,
+            mtime_ns=look.mtime_ns,
+            now=self._clock(),
+            settings_key=key,
+            accepted_at=accepted_at,
+        )
+        log.info("job.deduplicated", path=str(job.path), same_as=str(source), guid=guid)
+        if source != job.path and not os.path.lexists(source):
+            self._remove_orphan(source, guid)
+        return Result(Outcome.DEDUPLICATED, guid=guid)
+
+    def _remove_orphan(self, source: Path, guid: str) -> None:
+        """A file moved or renamed: the `.guid` it left behind goes, if it is the one ocrwatch
+        wrote (the journal's GUID for that path); its row goes with it."""
+        if read_guid(source) == guid:
+            with contextlib.suppress(OSError):
+                sidecar_path(source, Kind.GUID).unlink()
+                log.info("sidecar.orphan_removed", path=str(source), guid=guid)
+        self._journal.forget(source)
+
+    def _changed_after_upload(
+        self, job: Job, sub: Submission, key: str, runtime: Runtime
+    ) -> Result:
+        """The service took the file, but it changed or went away meanwhile.
+
+        Gone (renamed, moved): the task is recorded under the old path, without a sidecar, so
+        that the file under its new name reuses its GUID instead of being paid for again.
+        Changed: no sidecar may claim the new content; it settles and is sent again.
+        """
+        if os.path.lexists(job.path):
+            look = look_at(job.path) or Look(0, 0)
+            log.warning("job.changed_after_upload", path=str(job.path), guid=sub.guid)
+            return self._unsettled(job, look, runtime, str(sub.changed))
+        now = self._clock()
+        self._journal.mark_submitted(
+            job.path,
+            guid=sub.guid,
+            sha256=sub.sha256,
+            size=sub.size,
+            mtime_ns=sub.mtime_ns,
+            now=now,
+            settings_key=key,
+            accepted_at=now,
+        )
+        log.warning("job.gone_after_upload", path=str(job.path), guid=sub.guid)
+        return Result(Outcome.GONE, str(sub.changed), guid=sub.guid)
+
+    def _incomplete(self, job: Job, look: Look, why: str, runtime: Runtime) -> Result:
+        """Not whole yet: wait for the rest, up to incomplete_timeout of quiet, then `.error`.
+
+        `submit` does not wait: the file gets its `.error` at once. Either way, the rest
+        arriving later changes the file, which is then sent, and its `.guid` replaces that.
+        """
+        now = self._clock()
+        quiet_s = max(0.0, now - look.mtime_ns / 1e9)
+        timeout = runtime.config.incomplete_timeout
+        if self._one_shot:
+            return self._reject(job, f"{why}; not sent", runtime)
+        if quiet_s >= timeout:
+            waited = f"nothing more was written for {quiet_s / 60:.0f} min"
+            return self._reject(job, f"{why}; {waited}, so it was not sent", runtime)
+        # Look again sooner while it is fresh, and right at the timeout at the latest.
+        wait = max(
+            runtime.settle_s(job.root), min(INCOMPLETE_RECHECK_MAX_S, quiet_s / 2)
+        )
+        not_before = min(now + wait, look.mtime_ns / 1e9 + timeout)
+        reason = f"waiting for the rest of the file: {why}"
+        self._journal.release(job, now=now, not_before=not_before, reason=reason)
+        log.info("job.incomplete", path=str(job.path), error=why)
+        return Result(Outcome.INCOMPLETE, why)
 
     def _reject(self, job: Job, reason: str, runtime: Runtime) -> Result:
         try:
@@ -369,9 +554,16 @@ class JobLoop:
         log.info("job.gone", path=str(job.path))
         return Result(Outcome.GONE, "the file disappeared before it could be read")
 
-    def _hold(self, job: Job, reason: str) -> Result:
+    def _hold(self, job: Job, reason: str, *, once_per: Path | None = None) -> Result:
+        """Keep the file queued but unclaimable, with the reason, until its folder is looked at
+        again. `once_per`: log only the first such file of this folder (every rescan looks)."""
         self._journal.hold(job.path, reason=f"held: {reason}", now=self._clock())
-        log.error("job.held", path=str(job.path), error=reason)
+        with self._cond:
+            logged = once_per in self._held_logged
+            if once_per is not None:
+                self._held_logged.add(once_per)
+        if not logged:
+            log.error("job.held", path=str(job.path), error=reason)
         return Result(Outcome.HELD, reason)
 
     def _unconfigured(self, job: Job) -> Result:

@@ -54,11 +54,15 @@ MIGRATIONS: Final = (
     CREATE INDEX files_todo ON files(next_attempt_at, created_at)
         WHERE state IN ('queued', 'failed') AND held=0;
     """,
-    # version 3: the profile `submit` chose (NULL: the folder's), and which process claimed a
-    # `submitting` row (see `this_process`)
+    # version 3: the profile `submit` chose (NULL: the folder's); which process claimed a
+    # `submitting` row (see `this_process`); and, for content dedupe, a digest of the settings
+    # a file was sent with and when the service accepted it
     """
     ALTER TABLE files ADD COLUMN profile TEXT;
     ALTER TABLE files ADD COLUMN claimed_by TEXT;
+    ALTER TABLE files ADD COLUMN settings_key TEXT;
+    ALTER TABLE files ADD COLUMN accepted_at REAL;
+    CREATE INDEX files_content ON files(sha256, settings_key) WHERE sha256 IS NOT NULL;
     """,
 )
 # INDEXED BY: with few rows and no statistics SQLite would pick files_due and sort the backlog.
@@ -261,7 +265,13 @@ class Journal:
                 (job.size, job.mtime_ns, root, now, path),
             )
             return True
-        if state not in DONE_STATES and state != "submitting":
+        if state == "queued" and (old_size, old_mtime) != (job.size, job.mtime_ns):
+            # It settled anew (a truncated file completed, say): no reason to wait longer.
+            db.execute(
+                "UPDATE files SET size=?, mtime_ns=?, next_attempt_at=0 WHERE path=?",
+                (job.size, job.mtime_ns, path),
+            )
+        elif state == "failed":
             db.execute(
                 "UPDATE files SET size=?, mtime_ns=? WHERE path=?",
                 (job.size, job.mtime_ns, path),
@@ -316,17 +326,49 @@ class Journal:
         path: Path,
         *,
         guid: str,
-        sha256: str,
+        sha256: str | None,
         size: int,
         mtime_ns: int,
         now: float,
+        settings_key: str | None = None,
+        accepted_at: float | None = None,
     ) -> None:
+        """Done: the service has the task `guid`.
+
+        With `settings_key` and `accepted_at` (when the service took this content with these
+        settings), the row can serve the same content again without an upload; a GUID taken
+        over from a sidecar someone else wrote has neither.
+        """
         self._set(
             path,
             now,
-            "state='submitted', guid=?, sha256=?, size=?, mtime_ns=?, attempts=attempts+1, last_error=NULL, held=0",
-            (guid, sha256, size, mtime_ns),
+            "state='submitted', guid=?, sha256=?, size=?, mtime_ns=?, settings_key=?, "
+            "accepted_at=?, attempts=attempts+1, last_error=NULL, held=0",
+            (guid, sha256, size, mtime_ns, settings_key, accepted_at),
         )
+
+    def mark_content(self, path: Path, sha256: str, settings_key: str) -> bool:
+        """Note what a claimed file is about to be sent as, unless another file with the same
+        content and settings is being sent right now (then False: wait for its GUID)."""
+        rows = self._write(
+            "UPDATE files SET sha256=?, settings_key=? WHERE path=? AND NOT EXISTS ("
+            " SELECT 1 FROM files AS other WHERE other.sha256=? AND other.settings_key=?"
+            " AND other.state='submitting' AND other.path != ?) RETURNING path",
+            (sha256, settings_key, str(path), sha256, settings_key, str(path)),
+        )
+        return bool(rows)
+
+    def find_accepted(
+        self, sha256: str, settings_key: str, since: float
+    ) -> tuple[Path, str, float] | None:
+        """(path, GUID, accepted at) of this content sent with these settings since `since`."""
+        rows = self._query(
+            "SELECT path, guid, accepted_at FROM files WHERE sha256=? AND settings_key=?"
+            " AND state='submitted' AND guid IS NOT NULL AND accepted_at >= ?"
+            " ORDER BY accepted_at DESC LIMIT 1",
+            (sha256, settings_key, since),
+        )
+        return None if not rows else (Path(rows[0][0]), rows[0][1], rows[0][2])
 
     def mark_rejected(
         self, path: Path, *, reason: str, size: int, mtime_ns: int, now: float

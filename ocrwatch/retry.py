@@ -17,7 +17,7 @@ from typing import Final, TypeVar
 import structlog
 import tenacity
 
-from ocrwatch.errors import ApiError, TransientApiError
+from ocrwatch.errors import ApiError, TokenRateLimitError, TransientApiError
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -64,9 +64,12 @@ def parse_retry_after(value: str | None, now_epoch: float) -> float | None:
     return max(0.0, when.timestamp() - now_epoch)
 
 
-def _retry_after(state: tenacity.RetryCallState) -> float | None:
+def _retry_after(state: tenacity.RetryCallState) -> tuple[float | None, bool]:
+    """The server's Retry-After for the last error, and whether it comes from the token endpoint."""
     exc = state.outcome.exception() if state.outcome else None
-    return exc.retry_after_s if isinstance(exc, ApiError) else None
+    if not isinstance(exc, ApiError):
+        return None, False
+    return exc.retry_after_s, isinstance(exc, TokenRateLimitError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +85,14 @@ class RetryPolicy:
         jittered = tenacity.wait_random_exponential(
             multiplier=0.5, max=self.max_delay_s
         )(state)
-        retry_after = _retry_after(state)
-        return jittered if retry_after is None else max(jittered, retry_after)
+        retry_after, token = _retry_after(state)
+        if retry_after is None:
+            return jittered
+        # The token endpoint's wait is capped: every upload needs a token, and a long wait
+        # there is better spent retrying within the budget than handing every file back.
+        return max(
+            jittered, min(retry_after, self.max_delay_s) if token else retry_after
+        )
 
     def _stop(self, state: tenacity.RetryCallState) -> bool:
         if state.attempt_number >= self.max_attempts:
@@ -95,8 +104,8 @@ class RetryPolicy:
             return True
         # A Retry-After beyond our cap on one wait: hand the file back to the journal, which
         # honours it, rather than holding a worker hostage.
-        retry_after = _retry_after(state)
-        return retry_after is not None and retry_after > self.max_delay_s
+        retry_after, token = _retry_after(state)
+        return not token and retry_after is not None and retry_after > self.max_delay_s
 
     def call(self, fn: Callable[[], T], **context: object) -> tuple[T, int]:
         """Run `fn`, retrying TransientApiError with full-jitter backoff; return its value and attempts.

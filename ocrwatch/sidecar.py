@@ -13,6 +13,7 @@ import contextlib
 import errno
 import functools
 import os
+import re
 import secrets
 from enum import StrEnum
 from pathlib import Path
@@ -21,6 +22,9 @@ from typing import Final
 from ocrwatch.errors import SidecarError
 
 TMP_PREFIX: Final = ".ocrwatch-tmp-"
+GUID_RE: Final = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
 
 
 class Kind(StrEnum):
@@ -78,9 +82,42 @@ def write_sidecar(
     finally:
         os.close(dir_fd)
     other = Kind.ERROR if kind is Kind.GUID else Kind.GUID
-    with contextlib.suppress(FileNotFoundError):
+    # Best effort: this sidecar is written, and a stale one that cannot be removed (a name one
+    # byte too long for `.error`, say) must not turn that into a failure.
+    with contextlib.suppress(OSError):
         sidecar_path(original, other).unlink()
     return target
+
+
+def why_unwritable(original: Path) -> str | None:
+    """Why `<name>.guid` could not be written next to `original`, or None if it can.
+
+    Checked before an upload, because the sidecar is the receipt: a task the service accepted
+    but ocrwatch cannot record next to the file would be paid for again.
+    """
+    folder = original.parent
+    name = os.fsencode(sidecar_path(original, Kind.GUID).name)
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    if len(name) > limit:
+        return (
+            f"its sidecar name would be {len(name)} bytes, more than the {limit} this "
+            "file system allows; shorten the file name"
+        )
+    if not os.access(folder, os.W_OK):
+        return f"cannot write in {folder}; let the service user write there"
+    return None
+
+
+def read_guid(original: Path) -> str | None:
+    """The GUID a current `.guid` holds, or None if it holds none."""
+    try:
+        text = sidecar_path(original, Kind.GUID).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text.lower() if GUID_RE.fullmatch(text) else None
 
 
 def _write_anonymous(

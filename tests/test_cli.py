@@ -44,11 +44,11 @@ def test_submit_writes_sidecars_and_skips_them_next_time(config_file, inbox, emu
     }
     assert (0, 0) == (first.returncode, second.returncode)
     assert (
-        "submitted 7, skipped 0 (sidecar present), failed 0"
+        "submitted 7, reused 0, skipped 0 (sidecar present), failed 0"
         == first.stdout.splitlines()[0]
     )
     assert (
-        "submitted 0, skipped 7 (sidecar present), failed 0"
+        "submitted 0, reused 0, skipped 7 (sidecar present), failed 0"
         == second.stdout.splitlines()[0]
     )
     assert guids == written
@@ -114,10 +114,13 @@ def test_bad_files_get_error_sidecars_and_the_rest_go_through(
 
     assert 1 == result.returncode
     assert (
-        "submitted 1, skipped 0 (sidecar present), failed 2"
+        "submitted 1, reused 0, skipped 0 (sidecar present), failed 2"
         == result.stdout.splitlines()[0]
     )
-    assert "the file is empty\n" == (inbox / "empty.png.error").read_text()
+    assert (
+        "the file is empty so far; not sent\n"
+        == (inbox / "empty.png.error").read_text()
+    )
     assert (inbox / "notes.png.error").read_text().startswith("not a supported image")
     assert (inbox / "good.png.guid").exists()
 
@@ -253,7 +256,7 @@ def test_missing_path_is_reported_not_crashed(config_file, inbox):
 
     result = run("submit", "-c", str(config_file), str(missing))
 
-    assert (1, ["submitted 0, skipped 0 (sidecar present), failed 1"]) == (
+    assert (1, ["submitted 0, reused 0, skipped 0 (sidecar present), failed 1"]) == (
         result.returncode,
         result.stdout.splitlines()[:1],
     )
@@ -333,7 +336,7 @@ def test_submit_on_a_terminal_shows_a_progress_bar(config_file, inbox, emulator)
     text = output.decode(errors="replace")
     assert 0 == code
     assert "3/3" in text
-    assert "submitted 3, skipped 0 (sidecar present), failed 0" in text
+    assert "submitted 3, reused 0, skipped 0 (sidecar present), failed 0" in text
     assert "job.submitted" not in text
 
 
@@ -367,7 +370,7 @@ def test_a_lost_guid_is_restored_from_the_journal_not_paid_again(
 
     again = run("submit", "-c", str(config_file), str(path))
 
-    assert (0, "submitted 0, skipped 1 (sidecar present), failed 0") == (
+    assert (0, "submitted 0, reused 0, skipped 1 (sidecar present), failed 0") == (
         again.returncode,
         again.stdout.splitlines()[0],
     )
@@ -405,7 +408,7 @@ def test_submit_leaves_a_file_in_flight_in_run_alone(tmp_path, inbox):
         assert 0 == stop(proc)
         sent = emu.submissions()
 
-    assert (0, "submitted 0, skipped 1 (sidecar present), failed 0") == (
+    assert (0, "submitted 0, reused 0, skipped 1 (sidecar present), failed 0") == (
         result.returncode,
         result.stdout.splitlines()[0],
     )
@@ -437,7 +440,7 @@ def test_a_file_a_killed_submit_left_claimed_is_sent_by_the_next_one(
 
     result = run("submit", "-c", str(config_file), str(path))
 
-    assert (0, "submitted 1, skipped 0 (sidecar present), failed 0") == (
+    assert (0, "submitted 1, reused 0, skipped 0 (sidecar present), failed 0") == (
         result.returncode,
         result.stdout.splitlines()[0],
     )

@@ -493,37 +493,43 @@ class TestBadInput:
 
 
 class TestChangedWhileSending:
-    def test_file_changed_during_upload_gets_no_task_id(self, tmp_path):
-        """A file appended to while its upload is in flight raises FileChangedError, so no .guid
-        is written for content the file no longer has."""
+    @pytest.mark.parametrize("change", ["appended", "renamed"])
+    def test_a_file_changed_during_its_upload_says_so_with_its_task(
+        self, tmp_path, change
+    ):
+        """A file appended to (or renamed) while its upload is in flight comes back with its
+        billed task and the reason it no longer describes the file, so that no .guid is
+        written for content the file no longer has, and the GUID is not lost either."""
         import threading
 
+        from ocrwatch.client import Submission
         from ocrwatch.emulator import Emulator
-        from ocrwatch.errors import FileChangedError
 
         from .conftest import wait_until
 
         path = write_png(tmp_path / "growing.png", 1)
         with Emulator(client_id=CLIENT_ID, client_secret=SECRET, latency_s=0.5) as emu:
             client = make_client(emu.url)
+            assert client.tokens is not None
             client.tokens.get()  # the token call gets its latency out of the way first
-            errors: list[BaseException] = []
-
-            def upload():
-                try:
-                    client.submit(path, Settings())
-                except BaseException as exc:  # noqa: BLE001 -- handed to the assertion below
-                    errors.append(exc)
-
-            worker = threading.Thread(target=upload)
+            done: list[Submission] = []
+            worker = threading.Thread(
+                target=lambda: done.append(client.submit(path, Settings()))
+            )
             bodies_before = emu.bodies_read
             worker.start()
             # The whole body has reached the server, which now sits on its 0.5 s latency.
             wait_until(lambda: emu.bodies_read > bodies_before, 5, "upload in flight")
-            with path.open(
-                "ab"
-            ) as handle:  # the scanner writes another page mid-upload
-                handle.write(b"page two")
+            if change == "appended":  # the scanner writes another page mid-upload
+                with path.open("ab") as handle:
+                    handle.write(b"page two")
+            else:
+                path.rename(tmp_path / "renamed.png")
             worker.join(10)
+            [accepted] = emu.submissions()
 
-        assert [FileChangedError] == [type(e) for e in errors]
+        expected = {
+            "appended": "the file changed while it was being sent",
+            "renamed": "the file disappeared while it was being sent",
+        }[change]
+        assert [(accepted["guid"], expected)] == [(s.guid, s.changed) for s in done]
