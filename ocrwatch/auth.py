@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Final
+from urllib.parse import urlsplit
 
 import requests
 
@@ -45,6 +46,7 @@ class TokenCache:
         self._refresh_at = 0.0
         self._refusal: str | None = None
         self._refused_until = 0.0
+        self._limited_until = 0.0  # the endpoint's Retry-After, for every caller
 
     def get(self) -> str:
         with self._lock:
@@ -53,10 +55,18 @@ class TokenCache:
                 raise AuthError(self._refusal, retry_after_s=self._refused_until - now)
             if self._token is not None and now < self._refresh_at:
                 return self._token
+            if now < self._limited_until:
+                raise TokenRateLimitError(
+                    "the token endpoint is rate-limiting (HTTP 429)",
+                    status=429,
+                    retry_after_s=self._limited_until - now,
+                )
             try:
                 token, lifetime_s = self._fetch()
             except TokenRateLimitError as exc:
                 if self._refusal is None:
+                    # Retry-After counts from the answer, not from the question.
+                    self._limited_until = self._clock() + (exc.retry_after_s or 1.0)
                     raise
                 lockout = AuthError(
                     f"{self._refusal}; the token endpoint now locks these credentials out "
@@ -110,14 +120,27 @@ def fetch_token(
             proxies=proxies,
         )
     except requests.RequestException as exc:
-        raise TransientApiError(
-            f"token endpoint unreachable: {type(exc).__name__}"
-        ) from None
+        raise TransientApiError(unreachable(exc, "the token endpoint", url)) from None
     if response.status_code == 200:
         return _parse_token(response)
     raise error_for_token_status(
         response.status_code, response.headers.get("Retry-After"), credentials.client_id
     )
+
+
+def unreachable(exc: requests.RequestException, what: str, url: str) -> str:
+    """One sentence for a request that got no answer: what failed, where, and what to check."""
+    host = urlsplit(url).netloc
+    if isinstance(exc, requests.exceptions.SSLError):
+        return (
+            f"{what} at {host}: its TLS certificate could not be verified; if a proxy "
+            "inspects TLS, set api.ca_bundle (or REQUESTS_CA_BUNDLE) to its CA file"
+        )
+    if isinstance(exc, requests.exceptions.ProxyError):
+        return f"{what} at {host}: the proxy failed; check api.proxy (or HTTPS_PROXY/HTTP_PROXY)"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return f"{what} at {host} did not answer in time ({type(exc).__name__})"
+    return f"{what} at {host} cannot be reached ({type(exc).__name__}); check api.base_url and the network"
 
 
 def _parse_token(response: requests.Response) -> tuple[str, float]:

@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RATE",
         help="fraction accepted, then dropped unanswered",
     )
+    p.add_argument(
+        "--token-429",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="fraction of token calls answered 429 with Retry-After (rate limiting)",
+    )
     p.add_argument("--bad-image", choices=["reject", "task-error"], default="reject")
     p.add_argument(
         "--empty-401",
@@ -134,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer 401 with an empty body instead of ProblemDetails",
     )
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=None,
+        help="serve HTTPS with this certificate chain",
+    )
+    p.add_argument("--tls-key", type=Path, default=None, help="the key for --tls-cert")
     p.add_argument(
         "--log",
         type=Path,
@@ -288,7 +302,10 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         retry_after=args.retry_after,
         rate_drop=args.drop,
         rate_accept_drop=args.accept_drop,
+        token_rate_429=args.token_429,
     )
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together; give both or neither")
     emulator = Emulator(
         host=args.host,
         port=args.port,
@@ -303,6 +320,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         empty_401=args.empty_401,
         seed=args.seed,
         log_path=args.log,
+        tls=None if args.tls_cert is None else (args.tls_cert, args.tls_key),
     )
     print(emulator.url, flush=True)
 

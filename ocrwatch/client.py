@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import requests
 
 from ocrwatch import __version__
-from ocrwatch.auth import TokenCache, fetch_token
+from ocrwatch.auth import TokenCache, fetch_token, unreachable
 from ocrwatch.config import ApiConfig, Credentials
 from ocrwatch.errors import (
     ApiError,
@@ -319,9 +319,7 @@ class OcrClient:
                 raise FileChangedError(
                     "the file got shorter while it was being sent"
                 ) from None
-            raise TransientApiError(
-                f"{type(exc).__name__} talking to the service"
-            ) from None
+            raise TransientApiError(unreachable(exc, "the service", url)) from None
 
     def fetch_result(self, guid: str) -> TaskResult:
         """One GET of a task's state and, once Completed, its decoded results."""

@@ -182,6 +182,53 @@ class TestTokens:
 
         assert [0.0, 600.0] == calls
 
+    def test_a_429_is_a_wait_shared_by_every_caller(self):
+        """Rate limiting: the endpoint is not asked again before its Retry-After has passed,
+        whoever asks; then it is."""
+        from ocrwatch.errors import TokenRateLimitError
+
+        now = 0.0
+        calls: list[float] = []
+
+        def fetch():
+            calls.append(now)
+            if len(calls) == 1:
+                raise TokenRateLimitError("slow down", status=429, retry_after_s=2.0)
+            return "t", 3600.0
+
+        tokens = TokenCache(fetch, clock=lambda: now)
+        with pytest.raises(TokenRateLimitError):
+            tokens.get()
+        now = 1.0
+        with pytest.raises(TokenRateLimitError) as waiting:
+            tokens.get()
+        now = 2.0
+        token = tokens.get()
+
+        assert ([0.0, 2.0], "t", 1.0) == (calls, token, waiting.value.retry_after_s)
+
+    def test_a_429_after_a_refusal_is_the_lockout(self):
+        """After refused credentials, a 429 means they are locked out: a refusal, not a wait."""
+        from ocrwatch.errors import TokenRateLimitError
+
+        now = 0.0
+        answers = [
+            AuthError("refused", status=400, retry_after_s=60),
+            TokenRateLimitError("429", status=429, retry_after_s=600),
+        ]
+
+        def fetch():
+            raise answers.pop(0)
+
+        tokens = TokenCache(fetch, clock=lambda: now)
+        with pytest.raises(AuthError):
+            tokens.get()
+        now = 60.0
+        with pytest.raises(AuthError, match="locks these credentials out") as info:
+            tokens.get()
+
+        assert 600.0 == info.value.retry_after_s
+
     def test_invalidate_ignores_a_token_already_replaced(self):
         """A late 401 for an old token does not throw away the new one (no refresh storms)."""
         n = iter(range(10))

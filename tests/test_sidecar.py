@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -10,6 +11,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ocrwatch.errors import SidecarError
 from ocrwatch.selection import is_candidate
@@ -154,3 +157,20 @@ def test_new_sidecar_appears_without_a_visible_temporary_name(tmp_path):
         "a197aade-bba9-4c7a-92c7-46851b3dceaa\n"
         == (tmp_path / "a.png.guid").read_text()
     )
+
+
+@given(
+    st.text(
+        st.characters(exclude_categories=["Cs"], exclude_characters="/\x00"),
+        min_size=1,
+    ).filter(lambda name: name not in (".", "..") and len(os.fsencode(name)) <= 255)
+)
+def test_sidecar_names_stay_in_the_folder_and_lead_back_to_the_file(name):
+    """Whatever the name (unicode, spaces, newlines, 255 bytes), the sidecar sits next to the
+    file and its name is the file's name plus the suffix."""
+    original = Path("/srv/scans") / name
+
+    for kind in Kind:
+        path = sidecar_path(original, kind)
+        assert original.parent == path.parent
+        assert name == path.name.removesuffix(kind.value)

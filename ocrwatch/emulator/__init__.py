@@ -8,6 +8,7 @@ so a misreading of the spec cannot cancel out on both sides.
 from __future__ import annotations
 
 import random
+import ssl
 import threading
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,9 @@ class Emulator:
         empty_401: bool = False,
         seed: int | None = None,
         log_path: Path | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
+        """`tls`: (certificate chain, key) files to serve HTTPS instead of HTTP."""
         self.state = EmulatorState(
             client_id=client_id,
             client_secret=client_secret,
@@ -53,12 +56,21 @@ class Emulator:
         )
         self._server = Server((host, port), Handler)
         self._server.state = self.state
+        self._scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            # The handshake happens in each request's thread, not in the accepting one.
+            self._server.socket = context.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
+            self._scheme = "https"
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{self._scheme}://{host!s}:{port}"
 
     def start(self) -> Emulator:
         self._thread = threading.Thread(
@@ -98,6 +110,15 @@ class Emulator:
         with self.state.lock:
             self.state.scripted.extend(
                 Scripted("status", status, retry_after, detail) for _ in range(times)
+            )
+
+    def fail_token_next(
+        self, status: int = 429, times: int = 1, retry_after: str | None = None
+    ) -> None:
+        """The next `times` token calls answer `status` (rate limiting, an outage)."""
+        with self.state.lock:
+            self.state.token_scripted.extend(
+                Scripted("status", status, retry_after) for _ in range(times)
             )
 
     def drop_next(self, times: int = 1, *, after_accept: bool = False) -> None:

@@ -10,6 +10,7 @@ import email.policy
 import hashlib
 import json
 import socket
+import ssl
 import sys
 import time
 import uuid
@@ -44,7 +45,7 @@ class Server(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client hanging up mid-request (a killed ocrwatch, say) is routine, not a traceback."""
         exc = sys.exc_info()[1]
-        if not isinstance(exc, ConnectionError | TimeoutError):
+        if not isinstance(exc, ConnectionError | TimeoutError | ssl.SSLError):
             super().handle_error(request, client_address)
 
 
@@ -185,9 +186,21 @@ class Handler(BaseHTTPRequestHandler):
         with self.st.lock:
             self.st.token_calls += 1
             locked = self.st.locked_until.get(pair, 0.0) > now
+            scripted = (
+                self.st.token_scripted.popleft() if self.st.token_scripted else None
+            )
+            limited = self.st.rng.random() < self.st.faults.token_rate_429
         if locked:
             self.st.record({**record, "status": 429})
             self._send(429, b"", None, {"Retry-After": str(int(LOCKOUT_S))})
+            return
+        if scripted is not None or limited:
+            status = scripted.status if scripted else 429
+            retry_after = (
+                scripted.retry_after if scripted else None
+            ) or self.st.faults.retry_after
+            self.st.record({**record, "status": status, "fault": status})
+            self._send(status, b"", None, {"Retry-After": retry_after})
             return
         if form.get("grant_type") != "client_credentials":
             self._json(400, {"error": "unsupported_grant_type"}, record=record)

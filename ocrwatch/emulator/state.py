@@ -68,13 +68,18 @@ MAGIC: Final = (
 
 @dataclass
 class Faults:
-    """Random fault rates (0..1) for the RecognizeImage endpoints, and the Retry-After to send."""
+    """Random fault rates (0..1) for the RecognizeImage endpoints, and the Retry-After to send.
+
+    `token_rate_429` is the token endpoint's own rate limiting (not the lock-out after refused
+    credentials, which the emulator does anyway).
+    """
 
     rate_503: float = 0.0
     rate_429: float = 0.0
     retry_after: str = "1"
     rate_drop: float = 0.0
     rate_accept_drop: float = 0.0
+    token_rate_429: float = 0.0
 
 
 @dataclass
@@ -115,6 +120,7 @@ class EmulatorState:
     locked_until: dict[tuple[str, str], float] = field(default_factory=dict)
     tasks: dict[str, Task] = field(default_factory=dict)
     scripted: deque[Scripted] = field(default_factory=deque)
+    token_scripted: deque[Scripted] = field(default_factory=deque)
     received: list[dict[str, Any]] = field(default_factory=list)
     token_calls: int = 0
     # Requests whose body has arrived, answered or not: "in flight" for tests.
