@@ -20,7 +20,7 @@ Read = Callable[[int, int], bytes]
 
 PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
 SCAN_CHUNK: Final = 1 << 20
-GIF_MAX_BYTES: Final = 64 << 20  # walked in memory; scanners rarely write big GIFs
+GIF_MAX_BYTES: Final = 16 << 20  # walked in memory; scanners rarely write big GIFs
 TIFF_MAX_IFDS: Final = 4096
 TIFF_TYPE_SIZES: Final = {
     1: 1,

@@ -439,8 +439,12 @@ class JobLoop:
             accepted_at=accepted_at,
         )
         log.info("job.deduplicated", path=str(job.path), same_as=str(source), guid=guid)
-        if source != job.path and not os.path.lexists(source):
-            self._remove_orphan(source, guid)
+        # This content under a name that is gone (it was renamed or moved to this one).
+        for other, other_guid in self._journal.same_content(
+            sha256, key, besides=job.path
+        ):
+            if not os.path.lexists(other):
+                self._remove_orphan(other, other_guid)
         return Result(Outcome.DEDUPLICATED, guid=guid)
 
     def _remove_orphan(self, source: Path, guid: str) -> None:

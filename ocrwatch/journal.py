@@ -358,6 +358,17 @@ class Journal:
         )
         return bool(rows)
 
+    def same_content(
+        self, sha256: str, settings_key: str, *, besides: Path
+    ) -> list[tuple[Path, str]]:
+        """(path, GUID) of every other file submitted with this content and these settings."""
+        rows = self._query(
+            "SELECT path, guid FROM files WHERE sha256=? AND settings_key=?"
+            " AND state='submitted' AND guid IS NOT NULL AND path != ?",
+            (sha256, settings_key, str(besides)),
+        )
+        return [(Path(path), guid) for path, guid in rows]
+
     def find_accepted(
         self, sha256: str, settings_key: str, since: float
     ) -> tuple[Path, str, float] | None:
