@@ -324,13 +324,12 @@ class JobLoop:
             return None
         deadline = time.monotonic() + TWIN_WAIT_S
         while True:
-            found = self._journal.find_accepted(
-                seen.sha256, key, self._clock() - window
-            )
+            since = self._clock() - window
+            found = self._journal.find_accepted(seen.sha256, key, since)
             if found is not None:
                 return self._deduplicated(job, look, seen.sha256, key, found, runtime)
-            if self._journal.mark_content(job.path, seen.sha256, key):
-                return None  # nobody is sending this content: send it
+            if self._journal.mark_content(job.path, seen.sha256, key, since=since):
+                return None  # nobody has sent or is sending this content: send it
             # A twin (a copy, the same file under another name) is on the wire: its GUID
             # will do for this one too.
             if time.monotonic() > deadline or self._wait_a_little():

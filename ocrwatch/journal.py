@@ -347,14 +347,18 @@ class Journal:
             (guid, sha256, size, mtime_ns, settings_key, accepted_at),
         )
 
-    def mark_content(self, path: Path, sha256: str, settings_key: str) -> bool:
+    def mark_content(
+        self, path: Path, sha256: str, settings_key: str, *, since: float
+    ) -> bool:
         """Note what a claimed file is about to be sent as, unless another file with the same
-        content and settings is being sent right now (then False: wait for its GUID)."""
+        content and settings is being sent right now, or was accepted since `since` (then
+        False: use, or wait for, its GUID). One statement, so two twins never both pass."""
         rows = self._write(
             "UPDATE files SET sha256=?, settings_key=? WHERE path=? AND NOT EXISTS ("
             " SELECT 1 FROM files AS other WHERE other.sha256=? AND other.settings_key=?"
-            " AND other.state='submitting' AND other.path != ?) RETURNING path",
-            (sha256, settings_key, str(path), sha256, settings_key, str(path)),
+            " AND other.path != ? AND (other.state='submitting'"
+            " OR (other.state='submitted' AND other.accepted_at >= ?))) RETURNING path",
+            (sha256, settings_key, str(path), sha256, settings_key, str(path), since),
         )
         return bool(rows)
 

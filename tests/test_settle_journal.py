@@ -247,6 +247,37 @@ class TestJournal:
         )
         assert journal.claim(now=9.0) is None
 
+    def test_mark_content_refuses_while_a_twin_is_sent_or_was_accepted(self, journal):
+        """The check and the mark are one statement: of two twins, only one is sent, even if
+        the other finishes between a lookup and the mark."""
+        b = Path("/in/b.png")
+        note(journal, now=0.0)
+        note(journal, b, now=0.0)
+        first, second = journal.claim(now=0.0), journal.claim(now=0.0)
+
+        ok_first = journal.mark_content(first.path, "sha", "key", since=0.0)
+        blocked_in_flight = journal.mark_content(second.path, "sha", "key", since=0.0)
+        journal.mark_submitted(
+            first.path,
+            guid="g",
+            sha256="sha",
+            size=10,
+            mtime_ns=1,
+            now=5.0,
+            settings_key="key",
+            accepted_at=5.0,
+        )
+        blocked_accepted = journal.mark_content(second.path, "sha", "key", since=1.0)
+        outside_window = journal.mark_content(second.path, "sha", "key", since=6.0)
+
+        assert (True, False, False, True) == (
+            ok_first,
+            blocked_in_flight,
+            blocked_accepted,
+            outside_window,
+        )
+        assert (first.path, "g", 5.0) == journal.find_accepted("sha", "key", 1.0)
+
     def test_release_stores_the_new_look_and_waits(self, journal):
         """A file that changed after it settled goes back with how it looks now, and waits."""
         note(journal, now=0.0)
