@@ -134,10 +134,12 @@ def _next_marker(read: Read, size: int, pos: int) -> int | None:
 def _tiff(read: Read, size: int) -> str | None:
     order = "<" if read(0, 2) == b"II" else ">"
     (offset,) = struct.unpack(order + "I", read(4, 4))
-    seen = 0
+    seen: set[int] = set()
     while offset:
-        seen += 1
-        if seen > TIFF_MAX_IFDS or offset + 2 > size:
+        if offset in seen or len(seen) >= TIFF_MAX_IFDS:
+            return None  # directories in a loop: damaged, not short
+        seen.add(offset)
+        if offset + 2 > size:
             return f"truncated TIFF: its directory at byte {offset} is past the end ({size} bytes)"
         (count,) = struct.unpack(order + "H", read(offset, 2))
         end = offset + 2 + 12 * count + 4

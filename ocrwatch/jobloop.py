@@ -352,27 +352,8 @@ class JobLoop:
         runtime: Runtime,
         started: float,
     ) -> Result:
-        try:
-            write_sidecar(job.path, Kind.GUID, sub.guid, staging=runtime.staging)
-        except SidecarError as exc:
-            # The task exists and is billed: record it, don't send it again.
-            log.error(
-                "sidecar.write_failed",
-                path=str(job.path),
-                guid=sub.guid,
-                error=str(exc),
-            )
-        now = self._clock()
-        self._journal.mark_submitted(
-            job.path,
-            guid=sub.guid,
-            sha256=sub.sha256,
-            size=sub.size,
-            mtime_ns=sub.mtime_ns,
-            now=now,
-            settings_key=key,
-            accepted_at=now,
-        )
+        self._write_guid(job, sub.guid, runtime)
+        self._record_upload(job, sub, key)
         log.info(
             "job.submitted",
             path=str(job.path),
@@ -384,6 +365,30 @@ class JobLoop:
             duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
         return Result(Outcome.SUBMITTED, guid=sub.guid)
+
+    def _write_guid(self, job: Job, guid: str, runtime: Runtime) -> None:
+        try:
+            write_sidecar(job.path, Kind.GUID, guid, staging=runtime.staging)
+        except SidecarError as exc:
+            # The task exists and is billed: it is recorded all the same and not sent again;
+            # the next scan writes the `.guid` from the journal once it can.
+            log.error(
+                "sidecar.write_failed", path=str(job.path), guid=guid, error=str(exc)
+            )
+
+    def _record_upload(self, job: Job, sub: Submission, key: str) -> None:
+        """The service accepted this content with these settings now: a source for dedupe."""
+        now = self._clock()
+        self._journal.mark_submitted(
+            job.path,
+            guid=sub.guid,
+            sha256=sub.sha256,
+            size=sub.size,
+            mtime_ns=sub.mtime_ns,
+            now=now,
+            settings_key=key,
+            accepted_at=now,
+        )
 
     def _already_done(self, job: Job, look: Look, receipt: Receipt) -> Result:
         """Its sidecar is current (a copied tree, a folder moved with its sidecars): the
@@ -421,12 +426,7 @@ class JobLoop:
     ) -> Result:
         """The service accepted this content with these settings lately: reuse its GUID."""
         source, guid, accepted_at = found
-        try:
-            write_sidecar(job.path, Kind.GUID, guid, staging=runtime.staging)
-        except SidecarError as exc:
-            log.error(
-                "sidecar.write_failed", path=str(job.path), guid=guid, error=str(exc)
-            )
+        self._write_guid(job, guid, runtime)
         self._journal.mark_submitted(
             job.path,
             guid=guid,
@@ -468,17 +468,7 @@ class JobLoop:
             look = look_at(job.path) or Look(0, 0)
             log.warning("job.changed_after_upload", path=str(job.path), guid=sub.guid)
             return self._unsettled(job, look, runtime, str(sub.changed))
-        now = self._clock()
-        self._journal.mark_submitted(
-            job.path,
-            guid=sub.guid,
-            sha256=sub.sha256,
-            size=sub.size,
-            mtime_ns=sub.mtime_ns,
-            now=now,
-            settings_key=key,
-            accepted_at=now,
-        )
+        self._record_upload(job, sub, key)
         log.warning("job.gone_after_upload", path=str(job.path), guid=sub.guid)
         return Result(Outcome.GONE, str(sub.changed), guid=sub.guid)
 

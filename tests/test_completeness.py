@@ -95,6 +95,17 @@ def test_damaged_or_unknown_content_is_left_to_the_service(data):
     assert check(data) is None
 
 
+def test_a_tiff_whose_directories_loop_is_left_to_the_service():
+    """A directory chain that points back at itself is damage, not a file still being written."""
+    import struct
+
+    data = bytearray(tiff_bytes([b"x" * 10]))
+    ifd_at = struct.unpack("<I", data[4:8])[0]
+    data[-4:] = struct.pack("<I", ifd_at)  # "next directory": this one again
+
+    assert check(bytes(data)) is None
+
+
 def test_an_empty_file_is_waited_for():
     """A scanner may create the file before it writes anything."""
     assert "the file is empty so far" == check(b"")
