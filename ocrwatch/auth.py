@@ -36,11 +36,13 @@ class TokenCache:
         clock: Callable[[], float] = time.monotonic,
         refresh_margin_s: float = REFRESH_MARGIN_S,
         auth_retry_s: float = math.inf,
+        max_wait_s: float = math.inf,
     ) -> None:
         self._fetch = fetch
         self._clock = clock
         self._margin_s = refresh_margin_s
         self._auth_retry_s = auth_retry_s
+        self._max_wait_s = max_wait_s  # retry.max_delay: the cap on a rate-limit wait
         self._lock = threading.Lock()
         self._token: str | None = None
         self._refresh_at = 0.0
@@ -66,7 +68,8 @@ class TokenCache:
             except TokenRateLimitError as exc:
                 if self._refusal is None:
                     # Retry-After counts from the answer, not from the question.
-                    self._limited_until = self._clock() + (exc.retry_after_s or 1.0)
+                    wait = min(exc.retry_after_s or 1.0, self._max_wait_s)
+                    self._limited_until = self._clock() + wait
                     raise
                 lockout = AuthError(
                     f"{self._refusal}; the token endpoint now locks these credentials out "
@@ -124,7 +127,10 @@ def fetch_token(
     if response.status_code == 200:
         return _parse_token(response)
     raise error_for_token_status(
-        response.status_code, response.headers.get("Retry-After"), credentials.client_id
+        response.status_code,
+        response.headers.get("Retry-After"),
+        credentials.client_id,
+        _oauth_error(response),
     )
 
 
@@ -158,15 +164,29 @@ def _parse_token(response: requests.Response) -> tuple[str, float]:
     return token, lifetime
 
 
+def _oauth_error(response: requests.Response) -> str | None:
+    """The RFC 6749 `error` code of a token response, if it has one."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    code = body.get("error") if isinstance(body, dict) else None
+    return code if isinstance(code, str) else None
+
+
 def error_for_token_status(
-    status: int, retry_after: str | None, client_id: str
+    status: int, retry_after: str | None, client_id: str, oauth_error: str | None = None
 ) -> ApiError:
-    """What a non-200 from the token endpoint means; it never echoes the response body."""
+    """What a non-200 from the token endpoint means; it never echoes the response body.
+
+    Only `invalid_client` (and `unauthorized_client`) are refused credentials; anything else
+    (a proxy's 403 page, an outage) is trouble to wait out, not a reason to pause uploads.
+    """
     wait = parse_retry_after(retry_after, time.time())
-    if status in (400, 401, 403):
+    if oauth_error in ("invalid_client", "unauthorized_client"):
         return AuthError(
-            f"the token endpoint refused client_id `{client_id}` (HTTP {status}); "
-            "check api.client_id and the client secret",
+            f"the token endpoint refused client_id `{client_id}` (HTTP {status}, "
+            f"{oauth_error}); check api.client_id and the client secret",
             status=status,
         )
     if status == 429:
@@ -175,6 +195,9 @@ def error_for_token_status(
             status=status,
             retry_after_s=wait,
         )
+    detail = f", {oauth_error}" if oauth_error else ""
     return TransientApiError(
-        f"token endpoint answered HTTP {status}", status=status, retry_after_s=wait
+        f"the token endpoint answered HTTP {status}{detail}",
+        status=status,
+        retry_after_s=wait,
     )

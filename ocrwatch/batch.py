@@ -21,8 +21,9 @@ from tqdm import tqdm
 
 from ocrwatch.config import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, Config, FolderConfig
 from ocrwatch.errors import JournalError
-from ocrwatch.jobloop import JobLoop, Outcome, restore_guid
+from ocrwatch.jobloop import JobLoop
 from ocrwatch.journal import DONE_STATES, Entry, Job, Journal
+from ocrwatch.outcome import Outcome, restore_guid
 from ocrwatch.selection import deepest_root, walk_candidates
 from ocrwatch.sidecar import (
     Kind,

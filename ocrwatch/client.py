@@ -31,6 +31,7 @@ from ocrwatch.config import ApiConfig, Credentials
 from ocrwatch.errors import (
     ApiError,
     AuthError,
+    ConfigError,
     FileChangedError,
     RejectedError,
     TransientApiError,
@@ -231,6 +232,7 @@ class OcrClient:
                     self._session(), token_url, creds, self._timeout, token_proxies
                 ),
                 auth_retry_s=auth_retry_s,
+                max_wait_s=api.retry.max_delay,
             )
 
     def _session(self) -> requests.Session:
@@ -358,9 +360,14 @@ def proxies_for(url: str, api: ApiConfig) -> dict[str, str]:
     else:
         proxies = dict(requests.utils.get_environ_proxies(url))
     for proxy in proxies.values():
-        password = urlsplit(proxy).password
-        if password:
-            register_secret(password)
+        parts = urlsplit(proxy)
+        if parts.password:
+            register_secret(parts.password)
+        if parts.scheme not in ("http", "https"):
+            raise ConfigError(
+                f"the environment's proxy for {urlsplit(url).netloc} is {parts.scheme}://, "
+                "which is not supported; use an HTTP(S) proxy, or set api.proxy"
+            )
     return proxies
 
 
@@ -369,9 +376,14 @@ def ca_bundle(api: ApiConfig) -> str | bool:
     else requests' own (certifi)."""
     if api.ca_bundle is not None:
         return str(api.ca_bundle)
-    return (
-        os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE") or True
-    )
+    for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        if value := os.environ.get(name):
+            if not Path(value).is_file():
+                raise ConfigError(
+                    f"{name}: {value} is not a file; give the path of a PEM CA bundle"
+                )
+            return value
+    return True
 
 
 def parse_task_result(body: str) -> TaskResult:

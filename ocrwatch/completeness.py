@@ -138,6 +138,8 @@ def _tiff(read: Read, size: int) -> str | None:
     while offset:
         if offset in seen or len(seen) >= TIFF_MAX_IFDS:
             return None  # directories in a loop: damaged, not short
+        if seen and offset + 2 > size:
+            return None  # a later page's pointer into nowhere: page one is whole
         seen.add(offset)
         if offset + 2 > size:
             return f"truncated TIFF: its directory at byte {offset} is past the end ({size} bytes)"

@@ -158,13 +158,18 @@ class ApiConfig(Model):
         if value is None:
             return None
         parts = urlsplit(value.get_secret_value())
-        if (
-            parts.scheme not in ("http", "https", "socks5", "socks5h")
-            or not parts.hostname
-        ):
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(
-                "not a proxy URL; use e.g. http://proxy.example:3128 (user:password@ allowed)"
+                "not an HTTP(S) proxy URL (SOCKS is not supported); use e.g. "
+                "http://proxy.example:3128 (user:password@ allowed)"
             )
+        return value
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca_bundle(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a file; give the path of a PEM CA bundle")
         return value
 
     @property

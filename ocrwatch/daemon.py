@@ -22,9 +22,10 @@ from ocrwatch.catchup import CatchUp
 from ocrwatch.config import Config, Credentials, load_settings
 from ocrwatch.errors import ConfigError, JournalError
 from ocrwatch.intake import Intake
-from ocrwatch.jobloop import JobLoop, restore_guid
+from ocrwatch.jobloop import JobLoop
 from ocrwatch.journal import Journal
 from ocrwatch.lifecycle import Flags, signal_flags, state_lock
+from ocrwatch.outcome import restore_guid
 from ocrwatch.runtime import Runtime
 from ocrwatch.selection import Found
 from ocrwatch.watcher import SUPERVISE_EVERY_S, WatcherSet
@@ -236,12 +237,12 @@ class Daemon:
                 raise ConfigError(
                     f"{self.config_path}: state_dir: changing it needs a restart, not a reload"
                 )
+            runtime = Runtime.build(config, credentials)
         except ConfigError as exc:
             log.error(
                 "config.reload_failed", error=str(exc), kept="the previous config"
             )
             return
-        runtime = Runtime.build(config, credentials)
         self.loop.swap(runtime)
         self.intake.update(runtime.folders)
         self.watchers.apply(runtime.folders)

@@ -88,7 +88,7 @@ CLAIM_FILE_SQL: Final = (
 )
 LOOKUP_BATCH: Final = 500
 BUSY_TIMEOUT_S: Final = 5.0
-ENTRY_COLUMNS: Final = "path, size, mtime_ns, state, guid, attempts, next_attempt_at, last_error, held, updated_at"
+ENTRY_COLUMNS: Final = "path, size, mtime_ns, state, guid, attempts, next_attempt_at, last_error, held, updated_at, sha256"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +121,7 @@ class Entry:
     last_error: str | None
     held: bool
     updated_at: float
+    sha256: str | None = None  # of the content `guid` was given for
 
 
 class Journal:
@@ -353,8 +354,13 @@ class Journal:
         """Note what a claimed file is about to be sent as, unless another file with the same
         content and settings is being sent right now, or was accepted since `since` (then
         False: use, or wait for, its GUID). One statement, so two twins never both pass."""
+        # A GUID the row kept from earlier content no longer describes it: dropped here, so
+        # that it is never reused for this content.
         rows = self._write(
-            "UPDATE files SET sha256=?, settings_key=? WHERE path=? AND NOT EXISTS ("
+            "UPDATE files SET sha256=?1, settings_key=?2,"
+            " guid=CASE WHEN sha256=?1 AND settings_key=?2 THEN guid END,"
+            " accepted_at=CASE WHEN sha256=?1 AND settings_key=?2 THEN accepted_at END"
+            " WHERE path=? AND NOT EXISTS ("
             " SELECT 1 FROM files AS other WHERE other.sha256=? AND other.settings_key=?"
             " AND other.path != ? AND (other.state='submitting'"
             " OR (other.state='submitted' AND other.accepted_at >= ?))) RETURNING path",
@@ -374,16 +380,31 @@ class Journal:
         return [(Path(path), guid) for path, guid in rows]
 
     def find_accepted(
-        self, sha256: str, settings_key: str, since: float
+        self, sha256: str, settings_key: str, since: float, *, own: Path
     ) -> tuple[Path, str, float] | None:
-        """(path, GUID, accepted at) of this content sent with these settings since `since`."""
+        """(path, GUID, accepted at) of this content sent with these settings since `since`:
+        by another file, or by `own` before (a file whose time alone changed, `touch`)."""
         rows = self._query(
             "SELECT path, guid, accepted_at FROM files WHERE sha256=? AND settings_key=?"
-            " AND state='submitted' AND guid IS NOT NULL AND accepted_at >= ?"
-            " ORDER BY accepted_at DESC LIMIT 1",
-            (sha256, settings_key, since),
+            " AND (state='submitted' OR path=?) AND guid IS NOT NULL AND accepted_at >= ?"
+            " ORDER BY path=? DESC, accepted_at DESC LIMIT 1",
+            (sha256, settings_key, str(own), since, str(own)),
         )
         return None if not rows else (Path(rows[0][0]), rows[0][1], rows[0][2])
+
+    def mark_adopted(
+        self, path: Path, *, guid: str, size: int, mtime_ns: int, now: float
+    ) -> None:
+        """Done by a current `.guid` found beside the file. If ocrwatch gave this GUID to this
+        path, the row keeps what makes it a dedupe source; a GUID from elsewhere does not."""
+        self._write(
+            "UPDATE files SET state='submitted', size=?2, mtime_ns=?3,"
+            " sha256=CASE WHEN guid=?1 THEN sha256 END,"
+            " settings_key=CASE WHEN guid=?1 THEN settings_key END,"
+            " accepted_at=CASE WHEN guid=?1 THEN accepted_at END,"
+            " guid=?1, last_error=NULL, held=0, updated_at=?4 WHERE path=?5",
+            (guid, size, mtime_ns, now, str(path)),
+        )
 
     def mark_rejected(
         self, path: Path, *, reason: str, size: int, mtime_ns: int, now: float
@@ -497,7 +518,9 @@ class Journal:
 
 
 def _entry(r: sqlite3.Row) -> Entry:
-    return Entry(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), r[9])
+    return Entry(
+        r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), r[9], r[10]
+    )
 
 
 def _job(rows: list[sqlite3.Row]) -> Job | None:

@@ -181,7 +181,8 @@ def _device(folder: Path) -> int:
 
 def _write_named(target: Path, data: bytes) -> None:
     """A named temporary file in the same folder, fsync, then rename over the target."""
-    tmp = target.with_name(f"{TMP_PREFIX}{secrets.token_hex(6)}-{target.name}")
+    # Short, whatever the target's name: a long name must fit once, not twice.
+    tmp = target.with_name(f"{TMP_PREFIX}{secrets.token_hex(6)}")
     try:
         fd = os.open(
             tmp,

@@ -13,6 +13,7 @@ import hashlib
 import random
 import shutil
 import signal
+import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ class SoakReport:
     distinct: int  # distinct contents among every file that ever existed
     uploads: int  # tasks the emulator created (each one billed)
     accepted_dropped: int  # of those, replies dropped after the task was created
-    in_flight_at_kills: int  # rows `submitting` right after each SIGKILL, summed
+    in_flight_at_kills: int  # contents on the wire right after each SIGKILL, summed
     kills: int
     copies: int
     renames: int
@@ -93,13 +94,14 @@ def run_soak(
         kill_at = sorted(rng.sample(range(files // 10, files - files // 10), kills))
         contents: set[str] = set()
         live: list[Path] = []
-        copies = renames = in_flight = 0
+        copies = renames = 0
+        on_the_wire: Counter[str] = Counter()  # contents being sent at each kill
         for n in range(files):
             if kill_at and n == kill_at[0]:
                 kill_at.pop(0)
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(10)
-                in_flight += journal_counts(state)["submitting"]
+                on_the_wire.update(_being_sent(state))
                 proc = spawn(config, log, wait_started=True)
             roll = rng.random()
             target = inbox / f"d{n % 7}" / f"scan-{n:05d}.png"
@@ -136,12 +138,23 @@ def run_soak(
         sent = emulator.submissions()
         per_content = Counter(r["image_sha256"] for r in sent)
         assert set(per_content) == contents
+        lost = Counter(
+            r["image_sha256"] for r in received if r.get("fault") == "accept_drop"
+        )
+        # Each extra upload of a content is explained by a reply lost for that very content,
+        # or by that content being on the wire at a kill: nothing else may cost twice.
+        unexplained = {
+            sha: n - 1 - lost[sha] - on_the_wire[sha]
+            for sha, n in per_content.items()
+            if n - 1 > lost[sha] + on_the_wire[sha]
+        }
+        assert {} == unexplained
         return SoakReport(
             files=len(live),
             distinct=len(contents),
             uploads=len(sent),
-            accepted_dropped=sum(r.get("fault") == "accept_drop" for r in received),
-            in_flight_at_kills=in_flight,
+            accepted_dropped=sum(lost.values()),
+            in_flight_at_kills=sum(on_the_wire.values()),
             kills=kills,
             copies=copies,
             renames=renames,
@@ -149,6 +162,19 @@ def run_soak(
             faults_injected=sum(bool(r.get("fault")) for r in received),
             seconds=time.monotonic() - started,
         )
+
+
+def _being_sent(state: Path) -> list[str]:
+    """The contents of the rows `submitting` with their content noted: about to be sent, or
+    on the wire (a row waiting for a twin's GUID has none)."""
+    db = sqlite3.connect(f"file:{state / 'journal.sqlite3'}?mode=ro", uri=True)
+    try:
+        rows = db.execute(
+            "SELECT sha256 FROM files WHERE state='submitting' AND sha256 IS NOT NULL"
+        ).fetchall()
+    finally:
+        db.close()
+    return [sha for (sha,) in rows]
 
 
 def _guid(path: Path) -> Path:

@@ -344,3 +344,71 @@ def test_removing_a_stale_error_never_fails_a_success(tmp_path):
     written = write_sidecar(original, Kind.GUID, "a197aade-bba9-4c7a-92c7-46851b3dceaa")
 
     assert written.exists()
+
+
+def test_touch_does_not_send_a_file_again(config, inbox, emulator):
+    """Only its time changed: the same content keeps its GUID, within the dedupe window."""
+    import os
+
+    path = write_png(inbox / "a.png", 1)
+    with daemon_thread(config) as daemon:
+        wait_until(lambda: (inbox / "a.png.guid").exists(), 10, "first upload")
+        guid = guid_of(path)
+        later = path.stat().st_mtime_ns + 5_000_000_000
+        os.utime(path, ns=(later, later))
+        wait_until(
+            lambda: (
+                (e := daemon.journal.lookup([path])[str(path)]).mtime_ns == later
+                and e.state == "submitted"
+            ),
+            10,
+            "looked at again",
+        )
+        entry = daemon.journal.lookup([path])[str(path)]
+
+    assert (1, guid) == (len(emulator.submissions()), guid_of(path))
+    assert (later, "submitted") == (entry.mtime_ns, entry.state)
+
+
+def test_a_file_replaced_by_an_older_one_is_sent_not_given_the_old_guid(
+    config, inbox, tmp_path, emulator
+):
+    """`mv new.png a.png` where new.png's mtime is older than a.png.guid: the journal knows
+    that .guid was written for other content, so it is not adopted; the new content is sent."""
+    import os
+
+    path = write_png(inbox / "a.png", 1)
+    older = write_png(tmp_path / "new.png", 2)
+    with daemon_thread(config):
+        wait_until(lambda: (inbox / "a.png.guid").exists(), 10, "first upload")
+        first = guid_of(path)
+        past = (inbox / "a.png.guid").stat().st_mtime_ns - 10_000_000_000
+        os.utime(older, ns=(past, past))
+        older.replace(path)
+        wait_until(lambda: len(emulator.submissions()) == 2, 10, "the new content sent")
+        wait_until(lambda: guid_of(path) != first, 10, "its own .guid")
+
+    assert emulator.submissions()[-1]["guid"] == guid_of(path)
+    assert (
+        hashlib.sha256(path.read_bytes()).hexdigest()
+        == emulator.submissions()[-1]["image_sha256"]
+    )
+
+
+def test_a_rejection_whose_error_cannot_be_named_is_recorded_not_retried(
+    config, inbox, emulator
+):
+    """A 250-byte name: `.guid` fits, `.error` (256 bytes) does not. A rejection by the
+    service is recorded without it, not sent again every hour."""
+    path = write_png(inbox / ("r" * 246 + ".png"), 1)
+    emulator.fail_next(400, detail="unreadable scan")
+    with daemon_thread(config) as daemon:
+        wait_until(
+            lambda: daemon.journal.counts()["rejected"] == 1, 10, "recorded rejected"
+        )
+        entry = daemon.journal.lookup([path])[str(path)]
+
+    posts = [r for r in emulator.received if r["path"].endswith("RecognizeImage")]
+    assert 1 == len(posts)
+    assert "unreadable scan" in (entry.last_error or "")
+    assert "no .error" in (entry.last_error or "")

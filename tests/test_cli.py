@@ -143,7 +143,7 @@ def test_bad_credentials_exit_1_after_one_token_call(tmp_path, inbox, emulator):
     assert [] == emulator.submissions()
     assert [] == list(inbox.glob("*.error"))
     assert (
-        "refused client_id `test-client` (HTTP 400); check api.client_id and the client secret"
+        "refused client_id `test-client` (HTTP 400, invalid_client); check api.client_id and the client secret"
         in result.stdout
     )
 

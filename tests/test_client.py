@@ -130,7 +130,7 @@ class TestTokens:
 
         assert 1 == emulator.token_calls
         assert errors[0].startswith(
-            f"the token endpoint refused client_id `{CLIENT_ID}` (HTTP 400)"
+            f"the token endpoint refused client_id `{CLIENT_ID}` (HTTP 400, invalid_client)"
         )
         assert "check api.client_id and the client secret" in errors[0]
         assert [] == emulator.submissions()
@@ -228,6 +228,47 @@ class TestTokens:
             tokens.get()
 
         assert 600.0 == info.value.retry_after_s
+
+    @pytest.mark.parametrize(
+        ("status", "oauth_error", "kind"),
+        [
+            pytest.param(400, "invalid_client", AuthError, id="invalid-client"),
+            pytest.param(401, "invalid_client", AuthError, id="401-invalid-client"),
+            pytest.param(
+                400, "unsupported_grant_type", TransientApiError, id="other-400"
+            ),
+            pytest.param(403, None, TransientApiError, id="a-proxy-403-page"),
+            pytest.param(502, None, TransientApiError, id="502"),
+        ],
+    )
+    def test_only_invalid_client_is_refused_credentials(
+        self, status, oauth_error, kind
+    ):
+        """A proxy's 403 or an odd 400 is waited out; it does not pause all uploads."""
+        from ocrwatch.auth import error_for_token_status
+
+        error = error_for_token_status(status, None, CLIENT_ID, oauth_error)
+
+        assert kind is type(error)
+
+    def test_a_token_429_wait_is_capped_by_max_delay(self):
+        """Retry-After: 600 from the token endpoint: asked again after retry.max_delay."""
+        from ocrwatch.errors import TokenRateLimitError
+
+        now = 0.0
+        calls: list[float] = []
+
+        def fetch():
+            calls.append(now)
+            raise TokenRateLimitError("429", status=429, retry_after_s=600)
+
+        tokens = TokenCache(fetch, clock=lambda: now, max_wait_s=5)
+        for t in (0.0, 4.0, 5.0):
+            now = t
+            with pytest.raises(TokenRateLimitError):
+                tokens.get()
+
+        assert [0.0, 5.0] == calls
 
     def test_invalidate_ignores_a_token_already_replaced(self):
         """A late 401 for an old token does not throw away the new one (no refresh storms)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import threading
 import time
 from pathlib import Path
@@ -12,8 +14,9 @@ from structlog.testing import capture_logs
 
 from ocrwatch.config import Credentials, parse_config
 from ocrwatch.emulator import Emulator
-from ocrwatch.jobloop import JobLoop, Outcome, Result
+from ocrwatch.jobloop import JobLoop
 from ocrwatch.journal import Job, Journal
+from ocrwatch.outcome import Outcome, Result
 from ocrwatch.runtime import Runtime
 
 from .conftest import CLIENT_ID, SECRET, wait_until
@@ -250,6 +253,109 @@ class TestProcess:
         assert result.error.startswith("internal error: ValueError")
         assert "job.crashed" in [e["event"] for e in logs]
         assert 1 == journal.counts()["failed"]
+
+
+class TestWhileItIsSent:
+    def test_a_time_change_during_the_upload_keeps_the_guid(
+        self, tmp_path, journal, inbox
+    ):
+        """`touch` (or a sync tool) while the upload is on the wire: the content is what was
+        sent, so the GUID describes it; nothing is sent again."""
+        with Emulator(client_id=CLIENT_ID, client_secret=SECRET, latency_s=0.5) as emu:
+            loop = JobLoop(journal, make_runtime(tmp_path, emu.url))
+            path = write_png(inbox / "a.png", 1)
+            queue(journal, path)
+            done: list[Result | None] = []
+            worker = threading.Thread(target=lambda: done.append(loop.step()))
+            worker.start()
+            wait_until(lambda: emu.bodies_read >= 2, 5, "the upload on the wire")
+            later = path.stat().st_mtime_ns + 2_000_000_000
+            os.utime(path, ns=(later, later))
+            worker.join(10)
+            [sent] = emu.submissions()
+
+        assert done[0] is not None
+        assert (Outcome.SUBMITTED, sent["guid"]) == (done[0].outcome, done[0].guid)
+        assert f"{sent['guid']}\n" == (inbox / "a.png.guid").read_text()
+        assert later == row(journal, path).mtime_ns
+
+    def test_a_file_rewritten_while_it_waits_for_its_twin_gets_no_guid(
+        self, tmp_path, journal, inbox, emulator
+    ):
+        """b.png waits for the GUID of a.png (same content, on the wire); b.png is rewritten
+        meanwhile: it must not get a.png's GUID."""
+        from ocrwatch.preflight import content_key
+        from ocrwatch.settings import Settings
+
+        runtime = make_runtime(tmp_path, emulator.url)
+        loop = JobLoop(journal, runtime)
+        data = png_bytes(5)
+        twin, path = inbox / "a.png", inbox / "b.png"
+        twin.write_bytes(data)
+        path.write_bytes(data)
+        queue(journal, twin, path)
+        key = content_key(Settings(), trial=False)
+        sha = hashlib.sha256(data).hexdigest()
+        claimed = journal.claim_file(
+            Job(twin, inbox, len(data), twin.stat().st_mtime_ns), 0
+        )
+        assert claimed is not None
+        assert journal.mark_content(twin, sha, key, since=0.0)  # a.png "on the wire"
+        done: list[Result | None] = []
+        worker = threading.Thread(target=lambda: done.append(loop.step()))
+        worker.start()
+        wait_until(lambda: loop.in_flight == 1, 5, "b.png claimed")
+        time.sleep(0.3)  # b.png is polling for its twin's GUID now
+        path.write_bytes(png_bytes(6))
+        journal.mark_submitted(
+            twin,
+            guid="a197aade-bba9-4c7a-92c7-46851b3dceaa",
+            sha256=sha,
+            size=len(data),
+            mtime_ns=twin.stat().st_mtime_ns,
+            now=time.time(),
+            settings_key=key,
+            accepted_at=time.time(),
+        )
+        worker.join(10)
+
+        assert done[0] is not None
+        assert Outcome.UNSETTLED is done[0].outcome
+        assert not (inbox / "b.png.guid").exists()
+        assert [] == emulator.submissions()
+
+    def test_an_upload_the_journal_could_not_record_is_recorded_later_not_resent(
+        self, tmp_path, journal, inbox, emulator
+    ):
+        """The journal is locked by another writer when the upload's outcome is recorded: the
+        GUID is kept in memory, and when the row comes back it is recorded in full."""
+        import sqlite3
+
+        from ocrwatch.errors import JournalError
+
+        loop = JobLoop(journal, make_runtime(tmp_path, emulator.url))
+        path = write_png(inbox / "a.png", 1)
+        queue(journal, path)
+        job = journal.claim(time.time())
+        assert job is not None
+        other = sqlite3.connect(journal.path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")  # nobody else may write for now
+        try:
+            with pytest.raises(JournalError):
+                loop.process(job)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        resumed = loop.resume_orphans()
+        again = loop.step()
+
+        assert 1 == resumed
+        assert again is not None
+        assert Outcome.SUBMITTED is again.outcome
+        assert 1 == len(emulator.submissions())
+        assert (
+            row(journal, path).sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+        )
 
 
 class TestThreads:

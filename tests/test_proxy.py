@@ -125,3 +125,36 @@ def test_no_proxy_exempts_the_service(tmp_path, inbox, emulator):
     result = run("submit", "-c", str(config), str(inbox), env=env)
 
     assert (0, 1) == (result.returncode, len(emulator.submissions()))
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        pytest.param(
+            {"REQUESTS_CA_BUNDLE": "/nonexistent/ca.pem"},
+            "ocrwatch: REQUESTS_CA_BUNDLE: /nonexistent/ca.pem is not a file",
+            id="missing-ca-bundle",
+        ),
+        pytest.param(
+            {"HTTP_PROXY": "socks5://127.0.0.1:1080"},
+            "ocrwatch: the environment's proxy for 127.0.0.1",
+            id="socks-in-the-environment",
+        ),
+    ],
+)
+def test_environment_mistakes_are_one_sentence_and_exit_2(
+    tmp_path, inbox, emulator, env, expected
+):
+    """A CA bundle that is not there, or a SOCKS proxy: one sentence naming it, exit 2,
+    nothing sent; not a traceback per file."""
+    images(inbox, 1)
+    config = write_config(tmp_path / "c.yaml", emulator.url, [{"path": str(inbox)}])
+
+    result = run("submit", "-c", str(config), str(inbox), env=cli_env(**env))
+
+    assert (2, []) == (result.returncode, emulator.submissions())
+    assert [expected] == [
+        line[: len(expected)]
+        for line in result.stderr.splitlines()
+        if line.startswith("ocrwatch:")
+    ]

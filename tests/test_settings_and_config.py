@@ -69,6 +69,28 @@ class TestParseConfig:
             (e["event"], e["key"], e["fix"]) for e in logs
         ]
 
+    @pytest.mark.parametrize(
+        ("api", "expected"),
+        [
+            pytest.param(
+                {"proxy": "socks5://127.0.0.1:1080"},
+                "c.yaml: api.proxy: not an HTTP(S) proxy URL (SOCKS is not supported)",
+                id="socks-proxy",
+            ),
+            pytest.param(
+                {"ca_bundle": "/nonexistent/ca.pem"},
+                "c.yaml: api.ca_bundle: /nonexistent/ca.pem is not a file; give the path",
+                id="missing-ca-bundle",
+            ),
+        ],
+    )
+    def test_proxy_and_ca_mistakes_are_config_errors(self, api, expected):
+        """A proxy ocrwatch cannot use, or a CA file that is not there, stops at load time."""
+        with pytest.raises(ConfigError) as info:
+            parse_config(with_(api=api), "c.yaml")
+
+        assert str(info.value).startswith(expected)
+
     def test_all_154_languages_are_accepted(self):
         """Every Language enum value of the API is a valid profile language."""
         assert 154 == len(set(LANGUAGES))

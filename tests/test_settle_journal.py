@@ -276,7 +276,9 @@ class TestJournal:
             blocked_accepted,
             outside_window,
         )
-        assert (first.path, "g", 5.0) == journal.find_accepted("sha", "key", 1.0)
+        assert (first.path, "g", 5.0) == journal.find_accepted(
+            "sha", "key", 1.0, own=second.path
+        )
 
     def test_release_stores_the_new_look_and_waits(self, journal):
         """A file that changed after it settled goes back with how it looks now, and waits."""

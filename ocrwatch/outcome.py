@@ -1,0 +1,344 @@
+"""How a job ended, made durable: the one place that writes sidecars and records journal states.
+
+Each method takes a claimed job to one outcome: the sidecar first (it is the receipt), then the
+journal row, then one log line that carries the whole story. The job loop decides which outcome
+applies; nothing else writes a `.guid`/`.error` or moves a row out of `submitting`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Final
+
+import structlog
+
+from ocrwatch.client import Submission
+from ocrwatch.errors import SidecarError
+from ocrwatch.journal import Job, Journal
+from ocrwatch.preflight import Receipt
+from ocrwatch.retry import next_attempt_at
+from ocrwatch.runtime import Runtime
+from ocrwatch.settle import Look
+from ocrwatch.sidecar import Kind, read_guid, sidecar_path, write_sidecar
+
+log = structlog.get_logger()
+
+UNCONFIGURED_RETRY_S: Final = 3600.0
+INCOMPLETE_RECHECK_MAX_S: Final = 60.0
+
+
+class Outcome(StrEnum):
+    SUBMITTED = "submitted"
+    # the same content was accepted lately: its GUID, no upload
+    DEDUPLICATED = "deduplicated"
+    ADOPTED = "adopted"  # a current .guid was there already (a copy, a move): no upload
+    INCOMPLETE = "incomplete"  # not a whole image yet: wait for the rest
+    REJECTED = "rejected"
+    RETRY = "retry"  # transient trouble outlasted the client's retries: try later
+    UNSETTLED = "unsettled"  # it changed since it settled, or while it was sent
+    GONE = "gone"  # deleted before it could be sent
+    AUTH = "auth"  # credentials refused: uploads pause, nothing is failed
+    HELD = "held"  # its .ocrwatch.yaml is invalid, or its sidecar could not be written
+    UNCONFIGURED = "unconfigured"  # its folder is no longer in the config
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    outcome: Outcome
+    error: str | None = None
+    guid: str | None = None
+
+
+def look_at(path: Path) -> Look | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return Look(st.st_size, st.st_mtime_ns)
+
+
+def restore_guid(path: Path, guid: str) -> None:
+    """Write back the `.guid` of a submitted, unchanged file that lost it (the catch-up scan)."""
+    try:
+        write_sidecar(path, Kind.GUID, guid)
+    except SidecarError as exc:
+        log.error("sidecar.restore_failed", path=str(path), guid=guid, error=str(exc))
+        return
+    log.info("sidecar.restored", path=str(path), guid=guid)
+
+
+def remove_stale_guid(path: Path, guid: str) -> None:
+    """Remove a `.guid` the journal shows ocrwatch wrote for content the file no longer has."""
+    if read_guid(path) == guid:
+        with contextlib.suppress(OSError):
+            sidecar_path(path, Kind.GUID).unlink()
+            log.info("sidecar.stale_removed", path=str(path), guid=guid)
+
+
+class Recorder:
+    """Records outcomes for the job loop; safe to share between its threads."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        *,
+        clock: Callable[[], float] = time.time,
+        one_shot: bool = False,
+    ) -> None:
+        self._journal = journal
+        self._clock = clock
+        self._one_shot = (
+            one_shot  # `submit`: report a file that is not ready, do not wait
+        )
+        self._held_logged: set[Path] = set()
+        self._lock = threading.Lock()
+
+    def submitted(
+        self,
+        job: Job,
+        profile: str,
+        sub: Submission,
+        key: str,
+        runtime: Runtime,
+        started: float,
+    ) -> Result:
+        self._write_guid(job, sub.guid, runtime)
+        self.record_upload(job, sub, key)
+        log.info(
+            "job.submitted",
+            path=str(job.path),
+            profile=profile,
+            guid=sub.guid,
+            attempts=sub.attempts,
+            bytes=sub.size,
+            image_type=sub.image_type,
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        return Result(Outcome.SUBMITTED, guid=sub.guid)
+
+    def record_upload(self, job: Job, sub: Submission, key: str) -> None:
+        """The service accepted this content with these settings now: a source for dedupe."""
+        now = self._clock()
+        self._journal.mark_submitted(
+            job.path,
+            guid=sub.guid,
+            sha256=sub.sha256,
+            size=sub.size,
+            mtime_ns=sub.mtime_ns,
+            now=now,
+            settings_key=key,
+            accepted_at=now,
+        )
+
+    def adopted(self, job: Job, look: Look, receipt: Receipt) -> Result:
+        """Its sidecar is current (a copied tree, a folder moved with its sidecars): the
+        sidecar is the receipt; record it and send nothing."""
+        now = self._clock()
+        if receipt.kind is Kind.GUID:
+            self._journal.mark_adopted(
+                job.path,
+                guid=receipt.text,
+                size=look.size,
+                mtime_ns=look.mtime_ns,
+                now=now,
+            )
+            log.info("job.sidecar_current", path=str(job.path), guid=receipt.text)
+            return Result(Outcome.ADOPTED, guid=receipt.text)
+        self._journal.mark_rejected(
+            job.path,
+            reason=receipt.text,
+            size=look.size,
+            mtime_ns=look.mtime_ns,
+            now=now,
+        )
+        log.info("job.sidecar_current", path=str(job.path), error=receipt.text)
+        return Result(Outcome.REJECTED, receipt.text)
+
+    def deduplicated(
+        self,
+        job: Job,
+        look: Look,
+        sha256: str,
+        key: str,
+        found: tuple[Path, str, float],
+        runtime: Runtime,
+    ) -> Result:
+        """The service accepted this content with these settings lately: reuse its GUID."""
+        source, guid, accepted_at = found
+        if look_at(job.path) != look:  # rewritten while it waited for a twin
+            return self.unsettled(
+                job, look_at(job.path) or Look(0, 0), runtime, "it changed"
+            )
+        self._write_guid(job, guid, runtime)
+        self._journal.mark_submitted(
+            job.path,
+            guid=guid,
+            sha256=sha256,
+            size=look.size,
+            mtime_ns=look.mtime_ns,
+            now=self._clock(),
+            settings_key=key,
+            accepted_at=accepted_at,
+        )
+        log.info("job.deduplicated", path=str(job.path), same_as=str(source), guid=guid)
+        # This content under a name that is gone (it was renamed or moved to this one).
+        for other, other_guid in self._journal.same_content(
+            sha256, key, besides=job.path
+        ):
+            if not os.path.lexists(other):
+                remove_stale_guid(other, other_guid)
+                self._journal.forget(other)
+        return Result(Outcome.DEDUPLICATED, guid=guid)
+
+    def changed_after_upload(
+        self,
+        job: Job,
+        profile: str,
+        sub: Submission,
+        key: str,
+        now_sha256: str | None,
+        runtime: Runtime,
+    ) -> Result:
+        """The service took the file, but it changed or went away meanwhile.
+
+        Its time alone changed (`now_sha256` is what was sent): the GUID describes it; kept.
+        Gone (renamed, moved): the task is recorded under the old path, without a sidecar, so
+        that the file under its new name reuses its GUID instead of being paid for again.
+        Changed: no sidecar may claim the new content; it settles and is sent again.
+        """
+        look = look_at(job.path)
+        if look is not None and now_sha256 == sub.sha256:
+            same = Submission(
+                sub.guid,
+                sub.sha256,
+                look.size,
+                look.mtime_ns,
+                sub.attempts,
+                sub.image_type,
+            )
+            return self.submitted(job, profile, same, key, runtime, time.monotonic())
+        if os.path.lexists(job.path):
+            log.warning("job.changed_after_upload", path=str(job.path), guid=sub.guid)
+            return self.unsettled(job, look or Look(0, 0), runtime, str(sub.changed))
+        self.record_upload(job, sub, key)
+        log.warning("job.gone_after_upload", path=str(job.path), guid=sub.guid)
+        return Result(Outcome.GONE, str(sub.changed), guid=sub.guid)
+
+    def incomplete(self, job: Job, look: Look, why: str, runtime: Runtime) -> Result:
+        """Not whole yet: wait for the rest, up to incomplete_timeout of quiet, then `.error`.
+
+        `submit` does not wait: the file gets its `.error` at once. Either way, the rest
+        arriving later changes the file, which is then sent, and its `.guid` replaces that.
+        """
+        now = self._clock()
+        quiet_s = max(0.0, now - look.mtime_ns / 1e9)
+        timeout = runtime.config.incomplete_timeout
+        if self._one_shot:
+            return self.rejected(job, f"{why}; not sent", runtime)
+        if quiet_s >= timeout:
+            waited = f"nothing more was written for {quiet_s / 60:.0f} min"
+            return self.rejected(job, f"{why}; {waited}, so it was not sent", runtime)
+        # Look again sooner while it is fresh, and right at the timeout at the latest.
+        wait = max(
+            runtime.settle_s(job.root), min(INCOMPLETE_RECHECK_MAX_S, quiet_s / 2)
+        )
+        not_before = min(now + wait, look.mtime_ns / 1e9 + timeout)
+        reason = f"waiting for the rest of the file: {why}"
+        self._journal.release(job, now=now, not_before=not_before, reason=reason)
+        log.info("job.incomplete", path=str(job.path), error=why)
+        return Result(Outcome.INCOMPLETE, why)
+
+    def rejected(self, job: Job, reason: str, runtime: Runtime) -> Result:
+        """Can never succeed as it is. Recorded even if its `.error` cannot be written (a
+        name one byte too long for it): trying again would only pay again."""
+        try:
+            write_sidecar(job.path, Kind.ERROR, reason, staging=runtime.staging)
+        except SidecarError as exc:
+            log.error("sidecar.write_failed", path=str(job.path), error=str(exc))
+            reason = f"{reason} (no .error: {exc})"
+        look = look_at(job.path) or Look(job.size, job.mtime_ns)
+        self._journal.mark_rejected(
+            job.path,
+            reason=reason,
+            size=look.size,
+            mtime_ns=look.mtime_ns,
+            now=self._clock(),
+        )
+        log.warning("job.rejected", path=str(job.path), error=reason)
+        return Result(Outcome.REJECTED, reason)
+
+    def retry_later(
+        self,
+        job: Job,
+        error: str,
+        retry_after_s: float | None = None,
+        attempts: int = 1,
+    ) -> Result:
+        now = self._clock()
+        when = next_attempt_at(job.attempts + 1, now, retry_after_s)
+        self._journal.mark_failed(job.path, error=error, next_attempt_at=when, now=now)
+        log.warning(
+            "job.retry_later",
+            path=str(job.path),
+            error=error,
+            wait_s=round(when - now, 1),
+            attempts=job.attempts + 1,
+            tries_this_round=attempts,
+        )
+        return Result(Outcome.RETRY, error)
+
+    def unsettled(self, job: Job, look: Look, runtime: Runtime, why: str) -> Result:
+        """Back to the queue with how it looks now, to be claimed once it stayed so a while."""
+        now = self._clock()
+        changed = Job(job.path, job.root, look.size, look.mtime_ns)
+        not_before = now + runtime.settle_s(job.root)
+        self._journal.release(changed, now=now, not_before=not_before, reason=why)
+        log.info("job.changed", path=str(job.path), error=why)
+        return Result(Outcome.UNSETTLED, why)
+
+    def gone(self, job: Job) -> Result:
+        self._journal.forget(job.path)
+        log.info("job.gone", path=str(job.path))
+        return Result(Outcome.GONE, "the file disappeared before it could be read")
+
+    def held(self, job: Job, reason: str, *, once_per: Path | None = None) -> Result:
+        """Keep the file queued but unclaimable, with the reason, until its folder is looked at
+        again. `once_per`: log only the first such file of this folder (every rescan looks)."""
+        self._journal.hold(job.path, reason=f"held: {reason}", now=self._clock())
+        with self._lock:
+            logged = once_per in self._held_logged
+            if once_per is not None:
+                self._held_logged.add(once_per)
+        if not logged:
+            log.error("job.held", path=str(job.path), error=reason)
+        return Result(Outcome.HELD, reason)
+
+    def unconfigured(self, job: Job) -> Result:
+        reason = "its folder is no longer in the config"
+        now = self._clock()
+        self._journal.release(
+            job, now=now, not_before=now + UNCONFIGURED_RETRY_S, reason=reason
+        )
+        return Result(Outcome.UNCONFIGURED, reason)
+
+    def refused(self, job: Job, reason: str) -> Result:
+        """Credentials refused: the file goes back to the queue; the loop pauses uploads."""
+        self._journal.release(job, now=self._clock(), reason=reason)
+        return Result(Outcome.AUTH, reason)
+
+    def _write_guid(self, job: Job, guid: str, runtime: Runtime) -> None:
+        try:
+            write_sidecar(job.path, Kind.GUID, guid, staging=runtime.staging)
+        except SidecarError as exc:
+            # The task exists and is billed: it is recorded all the same and not sent again;
+            # the next scan writes the `.guid` from the journal once it can.
+            log.error(
+                "sidecar.write_failed", path=str(job.path), guid=guid, error=str(exc)
+            )
