@@ -259,6 +259,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         counts = journal.counts()
         held = journal.held_count()
+        held_files = journal.entries(held=True, limit=10)
         failures = journal.entries(states=("failed", "rejected"), limit=10)
     finally:
         journal.close()
@@ -270,6 +271,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             "counts": counts,
             "queue_depth": depth,
             "held": held,
+            "held_files": [
+                {"path": e.path, "reason": e.last_error} for e in held_files
+            ],
             "recent_failures": [
                 {
                     "path": str(e.path),
@@ -284,7 +288,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(f"journal: {journal_path}")
     print("  ".join(f"{state}: {n}" for state, n in counts.items()))
-    print(f"queue depth: {depth} (held by an invalid .ocrwatch.yaml: {held})")
+    print(f"queue depth: {depth} (held: {held})")
+    if held_files:
+        print("held (not sent until the reason is fixed):")
+        for e in held_files:
+            print(f"  {e.path}: {e.last_error}")
     if failures:
         print("recent failures:")
         for e in failures:

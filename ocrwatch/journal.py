@@ -505,13 +505,14 @@ class Journal:
         return math.inf if value is None else float(value)
 
     def entries(
-        self, *, states: Iterable[str] = STATES, limit: int = 1000
+        self, *, states: Iterable[str] = STATES, held: bool = False, limit: int = 1000
     ) -> list[Entry]:
+        """The latest rows in `states`; with `held`, only the held ones (of any state)."""
         wanted = tuple(states)
         marks = ",".join("?" * len(wanted))
         rows = self._query(
-            f"SELECT {ENTRY_COLUMNS} FROM files WHERE state IN ({marks}) "
-            "ORDER BY updated_at DESC LIMIT ?",
+            f"SELECT {ENTRY_COLUMNS} FROM files WHERE state IN ({marks})"
+            f"{' AND held=1' if held else ''} ORDER BY updated_at DESC LIMIT ?",
             (*wanted, limit),
         )
         return [_entry(r) for r in rows]

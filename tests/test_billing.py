@@ -31,6 +31,12 @@ def config(tmp_path, inbox, emulator):
     )
 
 
+def run_cli(*args: str):
+    from .test_cli import run
+
+    return run(*args)
+
+
 def guid_of(path) -> str:
     return str(path.with_name(path.name + ".guid").read_text().strip())
 
@@ -188,6 +194,8 @@ def test_a_name_whose_sidecar_cannot_fit_is_held_not_uploaded(config, inbox, emu
         )
         entry = daemon.journal.lookup([path])[str(path)]
 
+    status = run_cli("status", "-c", str(config))
+    assert f"  {path}: held: its sidecar name would be 256 bytes" in status.stdout
     assert [] == emulator.submissions()
     assert "its sidecar name would be 256 bytes, more than the 255" in (
         entry.last_error or ""
