@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import signal
@@ -15,9 +16,10 @@ from typing import Any
 import structlog
 
 from ocrwatch import __version__
-from ocrwatch.config import config_path, load_config, load_settings
+from ocrwatch.config import Config, config_path, load_config, load_settings
 from ocrwatch.errors import ConfigError, OcrwatchError
-from ocrwatch.journal import Journal
+from ocrwatch.journal import STATES, Journal
+from ocrwatch.lifecycle import is_running
 from ocrwatch.log import configure_logging
 from ocrwatch.profiles import resolve_profile
 
@@ -158,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Paths are printed as they are, and a name that is not UTF-8 must not crash a summary.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     interactive = sys.stderr.isatty()
@@ -244,60 +250,98 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    path = config_path(args.config, os.environ)
-    config = load_config(path)
-    journal_path = config.journal_path
-    if not journal_path.exists():
-        report: dict[str, Any] = {"journal": str(journal_path), "exists": False}
-        print(
-            json.dumps(report)
-            if args.json
-            else f"no journal at {journal_path} yet: nothing has been seen"
-        )
-        return 0
-    journal = Journal(journal_path, readonly=True)
-    try:
-        counts = journal.counts()
-        held = journal.held_count()
-        held_files = journal.entries(held=True, limit=10)
-        failures = journal.entries(states=("failed", "rejected"), limit=10)
-    finally:
-        journal.close()
-    depth = counts["queued"] + counts["failed"] + counts["submitting"]
+    config = load_config(config_path(args.config, os.environ))
+    report = status_report(config)
     if args.json:
-        report = {
-            "journal": str(journal_path),
-            "exists": True,
-            "counts": counts,
-            "queue_depth": depth,
-            "held": held,
-            "held_files": [
-                {"path": e.path, "reason": e.last_error} for e in held_files
+        print(json.dumps(report, indent=2))
+    else:
+        print_status(report)
+    return 0
+
+
+def status_report(config: Config) -> dict[str, Any]:
+    """What the journal says, and what is true around it (a daemon, rebuilt journals)."""
+    path = config.journal_path
+    report: dict[str, Any] = {
+        "journal": str(path),
+        "exists": path.exists(),
+        "daemon_running": is_running(config.state_dir),
+        "rebuilt_from": sorted(
+            str(p)
+            for p in config.state_dir.glob(f"{path.name}.corrupt-*")
+            if not p.name.endswith(("-wal", "-shm"))
+        )[-5:],
+        "counts": dict.fromkeys(STATES, 0),
+        "queue_depth": 0,
+        "held": 0,
+        "held_files": [],
+        "recent_failures": [],
+    }
+    if not report["exists"]:
+        report["note"] = (
+            "the daemon is running but its journal file is missing; it writes it again "
+            "within seconds"
+            if report["daemon_running"]
+            else "no journal yet: nothing has been seen"
+        )
+        return report
+    try:
+        journal = Journal(path, readonly=True)
+    except OcrwatchError as exc:
+        report["note"] = str(exc)
+        return report
+    try:
+        if journal.is_empty():
+            report["note"] = "the journal is empty: nothing has been seen"
+            return report
+        counts = journal.counts()
+        report.update(
+            counts=counts,
+            queue_depth=counts["queued"] + counts["failed"] + counts["submitting"],
+            held=journal.held_count(),
+            held_files=[
+                {"path": e.path, "reason": e.last_error}
+                for e in journal.entries(held=True, limit=10)
             ],
-            "recent_failures": [
+            recent_failures=[
                 {
-                    "path": str(e.path),
+                    "path": e.path,
                     "state": e.state,
                     "attempts": e.attempts,
                     "error": e.last_error,
+                    "at": dt.datetime.fromtimestamp(e.updated_at, dt.UTC).isoformat(
+                        timespec="seconds"
+                    ),
                 }
-                for e in failures
+                for e in journal.entries(states=("failed", "rejected"), limit=10)
             ],
-        }
-        print(json.dumps(report, indent=2))
-        return 0
-    print(f"journal: {journal_path}")
-    print("  ".join(f"{state}: {n}" for state, n in counts.items()))
-    print(f"queue depth: {depth} (held: {held})")
-    if held_files:
+        )
+    except OcrwatchError as exc:
+        report["note"] = str(exc)
+    finally:
+        journal.close()
+    return report
+
+
+def print_status(report: dict[str, Any]) -> None:
+    print(f"journal: {report['journal']}")
+    print(f"daemon: {'running' if report['daemon_running'] else 'not running'}")
+    if note := report.get("note"):
+        print(note)
+    for kept in report["rebuilt_from"]:
+        print(f"rebuilt: the damaged journal was kept as {kept}")
+    print("  ".join(f"{state}: {n}" for state, n in report["counts"].items()))
+    print(f"queue depth: {report['queue_depth']} (held: {report['held']})")
+    if report["held_files"]:
         print("held (not sent until the reason is fixed):")
-        for e in held_files:
-            print(f"  {e.path}: {e.last_error}")
-    if failures:
+        for held in report["held_files"]:
+            print(f"  {held['path']}: {held['reason']}")
+    if report["recent_failures"]:
         print("recent failures:")
-        for e in failures:
-            print(f"  {e.state} {e.path} (attempts {e.attempts}): {e.last_error}")
-    return 0
+        for e in report["recent_failures"]:
+            print(
+                f"  {e['at']} {e['state']} {e['path']} (attempts {e['attempts']}): {e['error']}"
+            )
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ downstream sees a dict from YAML. Defaults live in the model fields and nowhere 
 from __future__ import annotations
 
 import ipaddress
+import os
 import stat
 import typing
 from collections.abc import Mapping
@@ -74,8 +75,8 @@ ENUMS: Final[dict[str, tuple[str, ...]]] = {
     "result_type": RESULT_TYPES,
 }
 
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegativeFloat = Annotated[float, Field(ge=0)]
+CONFIG_MAX_BYTES: Final = 1 << 20
+YAML_MAX_DEPTH: Final = 32
 DURATION_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -98,17 +99,18 @@ Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf or nan anywhere: `shutdown_timeout: .inf` must not pass `check` and crash later.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Timeout(Model):
-    connect: PositiveFloat = 10.0
-    read: PositiveFloat = 60.0
+    connect: Annotated[float, Field(gt=0, le=600)] = 10.0
+    read: Annotated[float, Field(gt=0, le=600)] = 60.0
 
 
 class Retry(Model):
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 6
-    max_delay: PositiveFloat = 120.0
+    max_delay: Annotated[float, Field(gt=0, le=3600)] = 120.0
 
 
 def _check_url(value: str | None) -> str | None:
@@ -184,8 +186,8 @@ class FolderConfig(Model):
     include: tuple[str, ...] = DEFAULT_INCLUDE
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     polling: StrictBool = False
-    poll_interval: PositiveFloat = 10.0
-    settle_seconds: NonNegativeFloat = 2.0
+    poll_interval: Annotated[float, Field(ge=0.1, le=3600)] = 10.0
+    settle_seconds: Annotated[float, Field(ge=0, le=3600)] = 2.0
 
 
 class SettingsSpec(Model):
@@ -241,12 +243,12 @@ class OverrideSpec(SettingsSpec):
 class Config(Model):
     api: ApiConfig = ApiConfig()
     state_dir: Path = Path("/var/lib/ocrwatch")
-    rescan_interval: PositiveFloat = 300.0
+    rescan_interval: Annotated[float, Field(ge=1, le=86400)] = 300.0
     # The same content with the same settings, accepted within this, reuses its GUID; 0: off.
-    dedupe_window: Duration = 24 * 3600.0
+    dedupe_window: Annotated[Duration, Field(le=30 * 86400)] = 24 * 3600.0
     # A still-truncated image gets an `.error` once it has been quiet this long.
-    incomplete_timeout: Duration = 600.0
-    shutdown_timeout: NonNegativeFloat = 30.0
+    incomplete_timeout: Annotated[Duration, Field(le=7 * 86400)] = 600.0
+    shutdown_timeout: Annotated[float, Field(ge=0, le=3600)] = 30.0
     folders: Annotated[tuple[FolderConfig, ...], Field(min_length=1)]
     profiles: dict[str, ProfileSpec] = Field(
         default_factory=lambda: {"default": ProfileSpec()}
@@ -326,10 +328,53 @@ def translate_validation_error(
     return ConfigError(f"{where}: {err['msg']}; fix the value")
 
 
-def load_yaml(path: Path) -> object:
+class _BoundedLoader(yaml.SafeLoader):
+    """`safe_load` without aliases and with a bounded depth.
+
+    A config is small and flat, and a `.ocrwatch.yaml` comes from anyone who can write to a
+    share: it must not make ocrwatch recurse thousands of levels deep or expand aliases.
+    """
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._refuse("aliases (*name) are not supported")
+        self.depth += 1
+        try:
+            if self.depth > YAML_MAX_DEPTH:
+                self._refuse(f"nested more than {YAML_MAX_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def _refuse(self, problem: str) -> None:
+        mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+        raise yaml.composer.ComposerError(None, None, problem, mark)
+
+
+def read_bounded(path: Path, max_bytes: int) -> bytes:
+    """A regular file's bytes, at most `max_bytes`; never blocks on a FIFO or reads a device.
+
+    Raises OSError (the file) or ValueError (what it is, or its size).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("it is not a regular file")
+        data = os.read(fd, max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise ValueError(f"it is larger than {max_bytes // 1024} KiB")
+    return data
+
+
+def load_yaml(path: Path, *, max_bytes: int = CONFIG_MAX_BYTES) -> object:
     """Read one YAML file, turning I/O and syntax trouble into a ConfigError naming it."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_bounded(path, max_bytes).decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(
             f"{path}: config file not found; pass -c PATH or set OCRWATCH_CONFIG"
@@ -338,8 +383,11 @@ def load_yaml(path: Path) -> object:
         raise ConfigError(
             f"{path}: cannot read ({exc}); check the path and its permissions"
         ) from None
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}; replace it with a small YAML file") from None
     try:
-        return yaml.safe_load(text)
+        # A SafeLoader subclass: no Python objects, no aliases, bounded depth.
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
@@ -347,6 +395,8 @@ def load_yaml(path: Path) -> object:
         raise ConfigError(
             f"{path}: YAML syntax error{at}: {problem}; fix the file"
         ) from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply; fix the file") from None
 
 
 def parse_config(data: object, source: str) -> Config:

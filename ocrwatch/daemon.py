@@ -106,6 +106,7 @@ class Daemon:
             clock=clock,
         )
         self._started = False
+        self._rebuilds_seen = journal.rebuilds
 
     @classmethod
     @contextlib.contextmanager
@@ -178,6 +179,7 @@ class Daemon:
                 self._reload()
             if now >= next_supervise:
                 self.watchers.supervise()
+                self._check_journal()
                 next_supervise = now + SUPERVISE_EVERY_S
             if now >= next_resume:
                 self._resume_orphans()
@@ -190,6 +192,18 @@ class Daemon:
             self.catchup.start_if_due(folders, list(folders))
             self._drain(timeout=self._tick_timeout())
             self.intake.settle_due(self.clock())
+
+    def _check_journal(self) -> None:
+        """A journal deleted under us is written again; after any rebuild (damage found, or
+        deleted) every folder is scanned, and its sidecars say what is done."""
+        try:
+            self.journal.check_file()
+        except JournalError as exc:
+            log.error("journal.unusable", error=str(exc))
+        if self.journal.rebuilds != self._rebuilds_seen:
+            self._rebuilds_seen = self.journal.rebuilds
+            for root in self.loop.runtime.folders:
+                self.catchup.request(root, "journal rebuilt")
 
     def _resume_orphans(self) -> None:
         try:

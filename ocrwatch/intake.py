@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Final
 
 import structlog
 
 from ocrwatch.config import FolderConfig
+from ocrwatch.errors import JournalError
 from ocrwatch.journal import Job, Journal
 from ocrwatch.profiles import OVERRIDE_NAME
 from ocrwatch.selection import (
@@ -27,6 +29,8 @@ from ocrwatch.settle import Look, SettleTracker, Verdict
 from ocrwatch.sidecar import is_sidecar_name
 
 log = structlog.get_logger()
+
+JOURNAL_RETRY_S: Final = 1.0
 
 
 def is_readable(path: Path) -> bool:
@@ -57,10 +61,13 @@ class Intake:
         self._on_override_edit = on_override_edit
         self._tracker = SettleTracker()
         self._override_edits: dict[Path, float] = {}  # .ocrwatch.yaml -> release at
+        self._unnoted: list[Job] = []  # settled, waiting for the journal to take them
+        self._retry_journal_at = 0.0
+        self._journal_down = False
 
     def __len__(self) -> int:
-        """Files seen but not settled yet."""
-        return len(self._tracker)
+        """Files seen but not yet in the journal."""
+        return len(self._tracker) + len(self._unnoted)
 
     def update(self, folders: Mapping[Path, FolderConfig]) -> None:
         """A reload: files already settling keep their folder's old settle time."""
@@ -112,16 +119,29 @@ class Intake:
         """Queue the files whose quiet period is over and that still look the same."""
         if self._override_edits:
             self._release_edited_overrides(now)
-        settled = []
+        settled = self._unnoted
         for path, root in self._tracker.due(now):
             look = self._look(path)
             readable = look is not None and is_readable(path)
             verdict = self._tracker.confirm(path, look, now, readable=readable)
             if verdict is Verdict.SETTLED and look is not None:
                 settled.append(Job(path, root, look.size, look.mtime_ns))
-        if not settled:
+        if not settled or now < self._retry_journal_at:
             return
-        queued = self._journal.note_many(settled, now)
+        try:
+            queued = self._journal.note_many(settled, now)
+        except JournalError as exc:
+            # A full (or failing) state_dir: the files wait here, and on disk, until it can
+            # take them again. Said once, not at every tick.
+            self._unnoted, self._retry_journal_at = settled, now + JOURNAL_RETRY_S
+            if not self._journal_down:
+                self._journal_down = True
+                log.error("intake.paused", error=str(exc), waiting=len(settled))
+            return
+        if self._journal_down:
+            self._journal_down = False
+            log.info("intake.resumed", queued=len(queued))
+        self._unnoted = []
         if queued:
             self._on_queued()
         for job in queued:

@@ -71,6 +71,7 @@ class JobLoop:
         self._threads: dict[int, threading.Thread] = {}
         self._in_flight: set[Path] = set()
         self._paused_until = 0.0
+        self._journal_down = False
         # Uploads the journal could not record (it failed): their receipt until it can.
         self._unrecorded: dict[Path, tuple[Submission, str]] = {}
         # Held from a claim until its job is in `_in_flight`, so that `resume_orphans` never
@@ -198,11 +199,29 @@ class JobLoop:
             try:
                 if self.step() is None:
                     self._idle(generation)
+                self._journal_is_back()
+            except JournalError as exc:
+                # A full or failing state_dir: uploads pause, said once by the first worker
+                # to meet it. A claimed job stays `submitting` until `resume_orphans`.
+                self._journal_is_down(exc)
+                self._pause_worker(JOURNAL_ERROR_BACKOFF_S)
             except Exception:  # a worker that dies silently shrinks the pool for months
-                # The journal (disk full, I/O error) or a bug: say so, back off, keep serving.
-                # A claimed job stays `submitting` until `resume_orphans` puts it back.
                 log.exception("worker.failed", retry_in_s=JOURNAL_ERROR_BACKOFF_S)
                 self._pause_worker(JOURNAL_ERROR_BACKOFF_S)
+
+    def _journal_is_down(self, exc: JournalError) -> None:
+        with self._cond:
+            first, self._journal_down = not self._journal_down, True
+        if first:
+            log.error(
+                "uploads.paused", error=str(exc), retry_every_s=JOURNAL_ERROR_BACKOFF_S
+            )
+
+    def _journal_is_back(self) -> None:
+        with self._cond:
+            back, self._journal_down = self._journal_down, False
+        if back:
+            log.info("uploads.resumed")
 
     def _idle(self, generation: int) -> None:
         now = self._clock()

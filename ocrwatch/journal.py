@@ -11,9 +11,12 @@ of a process that is gone are put back.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import functools
 import math
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -23,8 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import structlog
+
 from ocrwatch.errors import JournalError
 from ocrwatch.log import redact_text
+
+log = structlog.get_logger()
 
 STATES: Final = ("queued", "submitting", "submitted", "failed", "rejected")
 DONE_STATES: Final = ("submitted", "rejected")
@@ -87,7 +94,11 @@ CLAIM_FILE_SQL: Final = (
     " RETURNING path, root, size, mtime_ns, attempts, profile"
 )
 LOOKUP_BATCH: Final = 500
+TEXT_MAX: Final = 500  # a reason longer than this is cut: it is shown, not parsed
 BUSY_TIMEOUT_S: Final = 5.0
+SQLITE_CORRUPT: Final = 11
+SQLITE_FULL: Final = 13
+SQLITE_NOTADB: Final = 26
 ENTRY_COLUMNS: Final = "path, size, mtime_ns, state, guid, attempts, next_attempt_at, last_error, held, updated_at, sha256"
 
 
@@ -129,58 +140,138 @@ class Journal:
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
+        self.readonly = readonly
         self._lock = threading.Lock()
+        # How often it was found damaged (or deleted) and rebuilt: the daemon then rescans,
+        # so that the sidecars tell what is done.
+        self.rebuilds = 0
+        self._inode: int | None = None  # of the file opened: a replaced file is noticed
+        self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
         try:
-            if readonly:
-                self._db = sqlite3.connect(
-                    f"file:{path}?mode=ro",
-                    uri=True,
-                    check_same_thread=False,
-                    isolation_level=None,
-                )
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(
-                    path, check_same_thread=False, isolation_level=None
-                )
-            # First, so that a `submit` opening the journal while `run` writes waits its turn.
-            self._db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-            if not readonly:
-                self._use_wal()
-                self._db.execute("PRAGMA synchronous=NORMAL")
-                self._migrate()
+            return self._connect()
+        except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                raise self._cannot_open(exc) from None
+            if self.readonly:
+                raise self._damaged(exc) from None
+            self._move_aside(str(exc))
+        except OSError as exc:
+            raise self._cannot_open(exc) from None
+        try:
+            return self._connect()
         except (sqlite3.Error, OSError) as exc:
-            raise JournalError(
-                f"{path}: cannot open the journal ({exc}); check state_dir and its permissions"
-            ) from None
+            raise self._cannot_open(exc) from None
+
+    def _damaged(self, exc: BaseException) -> JournalError:
+        return JournalError(
+            f"{self.path}: the journal is damaged ({exc}); `ocrwatch run` moves it aside and "
+            "rebuilds it from the sidecars at its next start"
+        )
+
+    def _cannot_open(self, exc: BaseException) -> JournalError:
+        return JournalError(
+            f"{self.path}: cannot open the journal ({exc}); check that state_dir exists "
+            "and the service user may write to it"
+        )
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            db = sqlite3.connect(
+                f"file:{self.path}?mode=ro",
+                uri=True,
+                check_same_thread=False,
+                isolation_level=None,
+            )
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None
+            )
+        try:
+            # First, so that a `submit` opening the journal while `run` writes waits its turn.
+            db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            db.execute(
+                "SELECT count(*) FROM sqlite_master"
+            )  # reads the header: is it SQLite?
+            if not self.readonly:
+                _use_wal(db)
+                db.execute("PRAGMA synchronous=NORMAL")
+                self._migrate(db)
+                [[verdict], *_] = db.execute("PRAGMA quick_check(1)").fetchall()
+                if verdict != "ok":
+                    raise sqlite3.DatabaseError(
+                        f"database disk image is malformed: {verdict}"
+                    )
+            self._inode = self.path.stat().st_ino if self.path.exists() else None
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _move_aside(self, why: str) -> Path:
+        """Keep a damaged journal for a post-mortem, under a name that says when and why."""
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        kept = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{self.path}{suffix}").rename(f"{kept}{suffix}")
+        self.rebuilds += 1
+        log.error(
+            "journal.rebuilt",
+            path=str(self.path),
+            reason=why,
+            damaged_copy=str(kept),
+            note="files with a current sidecar count as done; the others are sent",
+        )
+        return kept
+
+    def check_file(self) -> None:
+        """Rebuild the journal if its file was deleted or replaced under us; the rows we have
+        open are copied into the new one. The daemon calls this once a second."""
+        if self.readonly:
+            return
+        try:
+            same = self.path.stat().st_ino == self._inode
+        except FileNotFoundError:
+            same = False
+        if same:
+            return
+        with self._lock:
+            fresh = Path(f"{self.path}.rebuilding")
+            with contextlib.suppress(FileNotFoundError):
+                fresh.unlink()
+            try:
+                self._db.execute("VACUUM INTO ?", (str(fresh),))
+                self._db.close()
+                fresh.replace(self.path)
+                self._db = self._connect()
+            except (sqlite3.Error, OSError) as exc:
+                raise JournalError(
+                    f"{self.path}: the journal file went away and cannot be written again "
+                    f"({exc}); check state_dir"
+                ) from None
+            self.rebuilds += 1
+        log.error(
+            "journal.rebuilt",
+            path=str(self.path),
+            reason="the journal file was deleted or replaced while ocrwatch ran",
+            rows_kept=True,
+        )
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def _use_wal(self) -> None:
-        """Switch to WAL, waiting for another process that is switching a fresh journal.
-
-        This pragma fails at once with "locked", without the busy handler, while another
-        connection converts the file; it is retried for as long as busy_timeout would wait.
-        """
-        deadline = time.monotonic() + BUSY_TIMEOUT_S
-        while True:
-            try:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-
-    def _migrate(self) -> None:
+    def _migrate(self, db: sqlite3.Connection) -> None:
         """Bring the schema up to date, in one transaction that reads the version first.
 
         `run` and `submit` may open a fresh journal at the same moment: the second waits for the
         first and then finds nothing left to do.
         """
-        with self._tx() as db:
+        db.execute("BEGIN IMMEDIATE")
+        try:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > len(MIGRATIONS):
                 raise JournalError(
@@ -190,6 +281,11 @@ class Journal:
                 for statement in filter(str.strip, script.split(";")):
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version={number}")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -200,12 +296,35 @@ class Journal:
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
-                raise JournalError(
-                    f"{self.path}: journal write failed ({exc}); check the disk under state_dir"
-                ) from None
+                raise self._failed(exc) from None
             except BaseException:
                 self._rollback()
                 raise
+
+    def _failed(self, exc: sqlite3.Error) -> JournalError:
+        """The error to raise, with the lock held: a damaged journal is rebuilt first."""
+        damage = isinstance(exc, sqlite3.DatabaseError) and _is_damage(exc)
+        if damage and self.readonly:
+            return self._damaged(exc)
+        if damage:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._move_aside(str(exc))
+            try:
+                self._db = self._connect()
+            except (sqlite3.Error, OSError) as again:
+                return self._cannot_open(again)
+            return JournalError(
+                f"{self.path}: the journal was damaged ({exc}); rebuilt"
+            )
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == SQLITE_FULL:
+            return JournalError(
+                f"{self.path}: state_dir is full ({exc}); files wait on disk until there "
+                "is space again"
+            )
+        return JournalError(
+            f"{self.path}: journal write failed ({exc}); check the disk under state_dir"
+        )
 
     def _rollback(self) -> None:
         if self._db.in_transaction:
@@ -220,18 +339,14 @@ class Journal:
             try:
                 return self._db.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
-                raise JournalError(
-                    f"{self.path}: journal write failed ({exc}); check the disk under state_dir"
-                ) from None
+                raise self._failed(exc) from None
 
     def _query(self, sql: str, params: Iterable[object] = ()) -> list[sqlite3.Row]:
         with self._lock:
             try:
                 return list(self._db.execute(sql, tuple(params)))
             except sqlite3.Error as exc:
-                raise JournalError(
-                    f"{self.path}: journal read failed ({exc})"
-                ) from None
+                raise self._failed(exc) from None
 
     def note_many(self, jobs: Iterable[Job], now: float) -> list[Job]:
         """Queue settled files in one transaction (a burst settles together); returns the queued.
@@ -247,7 +362,7 @@ class Journal:
 
     @staticmethod
     def _note(db: sqlite3.Connection, job: Job, now: float) -> bool:
-        path, root = str(job.path), str(job.root)
+        path, root = _key(job.path), _key(job.root)
         row = db.execute(
             "SELECT state, size, mtime_ns FROM files WHERE path=?", (path,)
         ).fetchone()
@@ -287,7 +402,7 @@ class Journal:
         found: dict[str, Entry] = {}
         batch: list[str] = []
         for path in paths:
-            batch.append(str(path))
+            batch.append(_key(path))
             if len(batch) == LOOKUP_BATCH:
                 self._lookup_batch(batch, found)
                 batch = []
@@ -300,7 +415,8 @@ class Journal:
         for row in self._query(
             f"SELECT {ENTRY_COLUMNS} FROM files WHERE path IN ({marks})", batch
         ):
-            found[row[0]] = _entry(row)
+            entry = _entry(row)
+            found[entry.path] = entry
 
     def claim(self, now: float) -> Job | None:
         """Take the next due file for submission, or None if nothing is due."""
@@ -311,7 +427,7 @@ class Journal:
 
         None if another process has it in flight, or it was submitted with this content already.
         """
-        params = (str(job.path), str(job.root), job.size, job.mtime_ns, job.profile)
+        params = (_key(job.path), _key(job.root), job.size, job.mtime_ns, job.profile)
         return _job(self._write(CLAIM_FILE_SQL, (*params, this_process(), now, now)))
 
     def _set(
@@ -319,7 +435,7 @@ class Journal:
     ) -> None:
         self._write(
             f"UPDATE files SET {sql}, updated_at=? WHERE path=?",
-            (*params, now, str(path)),
+            (*params, now, _key(path)),
         )
 
     def mark_submitted(
@@ -364,7 +480,7 @@ class Journal:
             " SELECT 1 FROM files AS other WHERE other.sha256=? AND other.settings_key=?"
             " AND other.path != ? AND (other.state='submitting'"
             " OR (other.state='submitted' AND other.accepted_at >= ?))) RETURNING path",
-            (sha256, settings_key, str(path), sha256, settings_key, str(path), since),
+            (sha256, settings_key, _key(path), sha256, settings_key, _key(path), since),
         )
         return bool(rows)
 
@@ -375,9 +491,9 @@ class Journal:
         rows = self._query(
             "SELECT path, guid FROM files WHERE sha256=? AND settings_key=?"
             " AND state='submitted' AND guid IS NOT NULL AND path != ?",
-            (sha256, settings_key, str(besides)),
+            (sha256, settings_key, _key(besides)),
         )
-        return [(Path(path), guid) for path, guid in rows]
+        return [(Path(_unkey(path)), guid) for path, guid in rows]
 
     def find_accepted(
         self, sha256: str, settings_key: str, since: float, *, own: Path
@@ -388,9 +504,9 @@ class Journal:
             "SELECT path, guid, accepted_at FROM files WHERE sha256=? AND settings_key=?"
             " AND (state='submitted' OR path=?) AND guid IS NOT NULL AND accepted_at >= ?"
             " ORDER BY path=? DESC, accepted_at DESC LIMIT 1",
-            (sha256, settings_key, str(own), since, str(own)),
+            (sha256, settings_key, _key(own), since, _key(own)),
         )
-        return None if not rows else (Path(rows[0][0]), rows[0][1], rows[0][2])
+        return None if not rows else (Path(_unkey(rows[0][0])), rows[0][1], rows[0][2])
 
     def mark_adopted(
         self, path: Path, *, guid: str, size: int, mtime_ns: int, now: float
@@ -403,7 +519,7 @@ class Journal:
             " settings_key=CASE WHEN guid=?1 THEN settings_key END,"
             " accepted_at=CASE WHEN guid=?1 THEN accepted_at END,"
             " guid=?1, last_error=NULL, held=0, updated_at=?4 WHERE path=?5",
-            (guid, size, mtime_ns, now, str(path)),
+            (guid, size, mtime_ns, now, _key(path)),
         )
 
     def mark_rejected(
@@ -413,7 +529,7 @@ class Journal:
             path,
             now,
             "state='rejected', last_error=?, size=?, mtime_ns=?, attempts=attempts+1, held=0",
-            (redact_text(reason), size, mtime_ns),
+            (_text(reason), size, mtime_ns),
         )
 
     def mark_failed(
@@ -424,7 +540,7 @@ class Journal:
             path,
             now,
             "state='failed', last_error=?, next_attempt_at=?, attempts=attempts+1",
-            (redact_text(error), next_attempt_at),
+            (_text(error), next_attempt_at),
         )
 
     def release(
@@ -444,14 +560,12 @@ class Journal:
             job.path,
             now,
             "state='queued', size=?, mtime_ns=?, next_attempt_at=?, last_error=COALESCE(?, last_error)",
-            (job.size, job.mtime_ns, not_before, reason and redact_text(reason)),
+            (job.size, job.mtime_ns, not_before, _text(reason)),
         )
 
     def hold(self, path: Path, *, reason: str, now: float) -> None:
         """Keep a file queued but unclaimable until `release_held` (its override file is invalid)."""
-        self._set(
-            path, now, "state='queued', held=1, last_error=?", (redact_text(reason),)
-        )
+        self._set(path, now, "state='queued', held=1, last_error=?", (_text(reason),))
 
     def release_held(self, under: Path, now: float) -> int:
         with self._tx() as db:
@@ -463,7 +577,7 @@ class Journal:
             return cursor.rowcount
 
     def forget(self, path: Path) -> None:
-        self._write("DELETE FROM files WHERE path=?", (str(path),))
+        self._write("DELETE FROM files WHERE path=?", (_key(path),))
 
     def resume(self, now: float, *, in_flight: Iterable[Path] = ()) -> int:
         """Put back in the queue what a process that is gone left in flight (a crash, a kill).
@@ -471,7 +585,7 @@ class Journal:
         Rows this process claimed and no longer has `in_flight` go back too (their outcome
         could not be recorded); rows of another live process (`submit` beside `run`) stay.
         """
-        mine, keep = this_process(), {str(p) for p in in_flight}
+        mine, keep = this_process(), {_key(p) for p in in_flight}
         with self._tx() as db:
             rows = db.execute(
                 "SELECT path, claimed_by FROM files WHERE state='submitting'"
@@ -493,6 +607,11 @@ class Journal:
         for state, n in self._query("SELECT state, COUNT(*) FROM files GROUP BY state"):
             counts[state] = n
         return counts
+
+    def is_empty(self) -> bool:
+        """No table yet: a journal file that was created and never written (0 bytes)."""
+        rows = self._query("SELECT count(*) FROM sqlite_master WHERE name='files'")
+        return int(rows[0][0]) == 0
 
     def held_count(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM files WHERE held=1")[0][0])
@@ -519,8 +638,9 @@ class Journal:
 
 
 def _entry(r: sqlite3.Row) -> Entry:
+    path = _unkey(r[0])
     return Entry(
-        r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), r[9], r[10]
+        path, r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), r[9], r[10]
     )
 
 
@@ -528,14 +648,44 @@ def _job(rows: list[sqlite3.Row]) -> Job | None:
     if not rows:
         return None
     path, root, size, mtime_ns, attempts, profile = rows[0]
-    return Job(Path(path), Path(root), size, mtime_ns, attempts, profile)
+    return Job(
+        Path(_unkey(path)), Path(_unkey(root)), size, mtime_ns, attempts, profile
+    )
 
 
 def _like_prefix(directory: Path) -> str:
     escaped = (
-        str(directory).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        _key(directory).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     )
     return escaped.rstrip("/") + "/%"
+
+
+# A name that is not valid UTF-8 comes from os.fsdecode with its odd bytes as lone surrogates,
+# which SQLite's UTF-8 cannot hold. They are stored as "\0" and two hex digits: lossless, no
+# real path has a NUL, and a folder keeps its prefix for the LIKE in `release_held`.
+_ODD_BYTE: Final = re.compile("[\udc80-\udcff]")
+_ESCAPED_BYTE: Final = re.compile("\0([0-9a-f]{2})")
+
+
+def _key(path: str | Path) -> str:
+    text = os.fspath(path)
+    if text.isascii():
+        return text
+    return _ODD_BYTE.sub(lambda m: f"\0{ord(m.group()) - 0xDC00:02x}", text)
+
+
+def _unkey(key: str) -> str:
+    if "\0" not in key:
+        return key
+    return _ESCAPED_BYTE.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)), key)
+
+
+def _text(text: str | None) -> str | None:
+    """A reason as the journal keeps it: secrets masked, odd bytes escaped, a sane length."""
+    if text is None:
+        return None
+    clean = redact_text(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    return clean if len(clean) <= TEXT_MAX else clean[: TEXT_MAX - 1] + "…"
 
 
 @functools.cache
@@ -585,3 +735,31 @@ def _start_time(pid: int) -> str:
     except OSError:
         return "?"
     return stat[stat.rindex(")") + 2 :].split()[19]
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    """Switch to WAL, waiting for another process that is switching a fresh journal.
+
+    This pragma fails at once with "locked", without the busy handler, while another
+    connection converts the file; it is retried for as long as busy_timeout would wait.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """SQLITE_CORRUPT or SQLITE_NOTADB: a damaged file, not a busy or full one."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    text = str(exc)
+    return (
+        code in (SQLITE_CORRUPT, SQLITE_NOTADB)
+        or "malformed" in text
+        or "not a database" in text
+    )

@@ -64,3 +64,18 @@ def state_lock(state_dir: Path) -> Iterator[None]:
         yield
     finally:
         handle.close()
+
+
+def is_running(state_dir: Path) -> bool:
+    """Does an `ocrwatch run` hold this state_dir's lock right now?"""
+    try:
+        handle = (state_dir / "ocrwatch.lock").open("r")
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False

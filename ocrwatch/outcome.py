@@ -1,7 +1,7 @@
 """How a job ended, made durable: the one place that writes sidecars and records journal states.
 
-Each method takes a claimed job to one outcome: the sidecar first (it is the receipt), then the
-journal row, then one log line that carries the whole story. The job loop decides which outcome
+Each method takes a claimed job to one outcome: the journal row and the sidecar (the receipt;
+written even when the journal cannot be), then one log line that carries the whole story. The job loop decides which outcome
 applies; nothing else writes a `.guid`/`.error` or moves a row out of `submitting`.
 """
 
@@ -20,7 +20,7 @@ from typing import Final
 import structlog
 
 from ocrwatch.client import Submission
-from ocrwatch.errors import SidecarError
+from ocrwatch.errors import JournalError, SidecarError
 from ocrwatch.journal import Job, Journal
 from ocrwatch.preflight import Receipt
 from ocrwatch.retry import next_attempt_at
@@ -109,8 +109,16 @@ class Recorder:
         runtime: Runtime,
         started: float,
     ) -> Result:
+        # The journal first: a crash before the sidecar is written leaves a row the next scan
+        # restores the `.guid` from, and the journal then knows every GUID a sidecar holds
+        # (what lets a renamed file's `.guid` be cleaned up). If the journal cannot take it,
+        # the sidecar is written all the same: it is the receipt.
+        try:
+            self.record_upload(job, sub, key)
+        except JournalError:
+            self._write_guid(job, sub.guid, runtime)
+            raise
         self._write_guid(job, sub.guid, runtime)
-        self.record_upload(job, sub, key)
         log.info(
             "job.submitted",
             path=str(job.path),
@@ -176,7 +184,6 @@ class Recorder:
             return self.unsettled(
                 job, look_at(job.path) or Look(0, 0), runtime, "it changed"
             )
-        self._write_guid(job, guid, runtime)
         self._journal.mark_submitted(
             job.path,
             guid=guid,
@@ -187,6 +194,7 @@ class Recorder:
             settings_key=key,
             accepted_at=accepted_at,
         )
+        self._write_guid(job, guid, runtime)
         log.info("job.deduplicated", path=str(job.path), same_as=str(source), guid=guid)
         # This content under a name that is gone (it was renamed or moved to this one).
         for other, other_guid in self._journal.same_content(

@@ -68,7 +68,8 @@ def write_sidecar(
     link, one inotify event per sidecar instead of three.
     """
     target = sidecar_path(original, kind)
-    data = (" ".join(text.split()) + "\n").encode("utf-8")
+    # A file name that is not UTF-8 may be quoted in the text: its odd bytes are escaped.
+    data = (" ".join(text.split()) + "\n").encode("utf-8", "backslashreplace")
     try:
         dir_fd = os.open(target.parent, os.O_RDONLY)
     except OSError as exc:

@@ -414,13 +414,39 @@ class TestJournal:
         assert "files_todo" in " ".join(str(row) for row in plan)
         assert "TEMP B-TREE" not in " ".join(str(row) for row in plan)
 
-    def test_corrupt_journal_is_a_journal_error(self, tmp_path):
-        """A file that is not SQLite gives a JournalError naming it, not a traceback."""
+    def test_a_damaged_journal_is_moved_aside_and_rebuilt(self, tmp_path):
+        """A journal that is not SQLite any more is kept for a post-mortem under a name that
+        says so, and a fresh one takes its place; `status` (read-only) says what will happen."""
         path = tmp_path / "j.sqlite3"
         path.write_bytes(b"this is not a database" * 100)
 
-        with pytest.raises(JournalError, match="cannot open the journal"):
-            Journal(path)
+        with pytest.raises(JournalError, match=r"the journal is damaged .* rebuilds it"):
+            Journal(path, readonly=True)
+        journal = Journal(path)
+        counts, rebuilds = journal.counts(), journal.rebuilds
+        journal.close()
+
+        [kept] = tmp_path.glob("j.sqlite3.corrupt-*")
+        assert b"this is not a database" * 100 == kept.read_bytes()
+        assert (1, 0) == (rebuilds, sum(counts.values()))
+
+    def test_a_journal_deleted_while_open_is_written_again_with_its_rows(
+        self, tmp_path
+    ):
+        """Someone deletes journal.sqlite3 under the running daemon: its rows come back."""
+        path = tmp_path / "j.sqlite3"
+        journal = Journal(path)
+        note(journal, now=0.0)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+        journal.check_file()
+        reader = Journal(path, readonly=True)
+        counts = reader.counts()
+        reader.close()
+        journal.close()
+
+        assert (1, 1) == (journal.rebuilds, counts["queued"])
 
 
 class TestReadiness:
