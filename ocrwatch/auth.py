@@ -8,12 +8,12 @@ credentials (a reload) come with a new cache.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
 from collections.abc import Callable
 from typing import Final
-from urllib.parse import urlsplit
 
 import requests
 
@@ -21,6 +21,7 @@ from ocrwatch.config import Credentials
 from ocrwatch.errors import ApiError, AuthError, TokenRateLimitError, TransientApiError
 from ocrwatch.log import register_secret
 from ocrwatch.retry import parse_retry_after
+from ocrwatch.transport import Answer, call
 
 REFRESH_MARGIN_S: Final = 60.0
 LOCKOUT_S: Final = 600.0  # how long the token endpoint locks out refused credentials
@@ -114,44 +115,29 @@ def fetch_token(
         "client_id": credentials.client_id,
         "client_secret": credentials.client_secret.get_secret_value(),
     }
-    try:
-        response = session.post(
-            url,
-            data=form,
-            headers={"Accept": "application/json"},
-            timeout=timeout,
-            proxies=proxies,
-        )
-    except requests.RequestException as exc:
-        raise TransientApiError(unreachable(exc, "the token endpoint", url)) from None
-    if response.status_code == 200:
-        return _parse_token(response)
+    answer = call(
+        session,
+        "POST",
+        url,
+        what="the token endpoint",
+        timeout=timeout,
+        data=form,
+        headers={"Accept": "application/json"},
+        proxies=proxies,
+    )
+    if answer.status == 200:
+        return _parse_token(answer)
     raise error_for_token_status(
-        response.status_code,
-        response.headers.get("Retry-After"),
+        answer.status,
+        answer.headers.get("Retry-After"),
         credentials.client_id,
-        _oauth_error(response),
+        _oauth_error(answer),
     )
 
 
-def unreachable(exc: requests.RequestException, what: str, url: str) -> str:
-    """One sentence for a request that got no answer: what failed, where, and what to check."""
-    host = urlsplit(url).netloc
-    if isinstance(exc, requests.exceptions.SSLError):
-        return (
-            f"{what} at {host}: its TLS certificate could not be verified; if a proxy "
-            "inspects TLS, set api.ca_bundle (or REQUESTS_CA_BUNDLE) to its CA file"
-        )
-    if isinstance(exc, requests.exceptions.ProxyError):
-        return f"{what} at {host}: the proxy failed; check api.proxy (or HTTPS_PROXY/HTTP_PROXY)"
-    if isinstance(exc, requests.exceptions.Timeout):
-        return f"{what} at {host} did not answer in time ({type(exc).__name__})"
-    return f"{what} at {host} cannot be reached ({type(exc).__name__}); check api.base_url and the network"
-
-
-def _parse_token(response: requests.Response) -> tuple[str, float]:
+def _parse_token(answer: Answer) -> tuple[str, float]:
     try:
-        body = response.json()
+        body = json.loads(answer.text)
         token = body["access_token"]
         lifetime = float(body.get("expires_in", 3600))
     except (ValueError, KeyError, TypeError):
@@ -164,10 +150,10 @@ def _parse_token(response: requests.Response) -> tuple[str, float]:
     return token, lifetime
 
 
-def _oauth_error(response: requests.Response) -> str | None:
+def _oauth_error(answer: Answer) -> str | None:
     """The RFC 6749 `error` code of a token response, if it has one."""
     try:
-        body = response.json()
+        body = json.loads(answer.text)
     except ValueError:
         return None
     code = body.get("error") if isinstance(body, dict) else None

@@ -26,19 +26,21 @@ from urllib.parse import urlsplit
 import requests
 
 from ocrwatch import __version__
-from ocrwatch.auth import TokenCache, fetch_token, unreachable
+from ocrwatch.auth import TokenCache, fetch_token
 from ocrwatch.config import ApiConfig, Credentials
 from ocrwatch.errors import (
     ApiError,
     AuthError,
     ConfigError,
     FileChangedError,
+    ProtocolError,
     RejectedError,
     TransientApiError,
 )
 from ocrwatch.log import redact_text, register_secret
 from ocrwatch.retry import RetryPolicy, parse_retry_after
 from ocrwatch.settings import Settings
+from ocrwatch.transport import SMALL_ANSWER, Answer, call
 
 GUID_RE: Final = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -46,6 +48,7 @@ GUID_RE: Final = re.compile(
 # A multiple of 3, so chunks base64-encode independently.
 CHUNK_BYTES: Final = 3 * 256 * 1024
 USER_AGENT: Final = f"ocrwatch/{__version__}"
+RESULT_MAX_BYTES: Final = 256 << 20  # a searchable PDF of a long scan, base64
 IMAGE_MAGIC: Final = (
     (b"\x89PNG\r\n\x1a\n", "PNG"),
     (b"\xff\xd8\xff", "JPEG"),
@@ -83,9 +86,8 @@ def parse_task_id(body: str) -> str:
     if len(text) >= 2 and text[0] == text[-1] == '"':
         text = text[1:-1].strip()
     if not GUID_RE.match(text):
-        raise TransientApiError(
-            f"the service answered 200 without a task GUID ({redact_text(text[:60])!r})"
-        )
+        shown = " ".join(redact_text(text[:80]).split()) or "an empty body"
+        raise ProtocolError(f"the service answered 200 with no task id: {shown!r}")
     return text.lower()
 
 
@@ -272,64 +274,76 @@ class OcrClient:
             os.close(fd)
 
     def _post_image(self, body: ImageBody) -> str:
-        response = self._request("POST", self._url, body)
+        answer = self._request("POST", self._url, body)
         error = error_for_status(
-            response.status_code,
-            problem_detail(response.text),
-            parse_retry_after(response.headers.get("Retry-After"), time.time()),
+            answer.status,
+            problem_detail(answer.text),
+            parse_retry_after(answer.headers.get("Retry-After"), time.time()),
         )
         if error is not None:
             raise error
-        return parse_task_id(response.text)
+        return parse_task_id(answer.text)
 
     def _request(
-        self, method: str, url: str, body: ImageBody | None = None
-    ) -> requests.Response:
+        self,
+        method: str,
+        url: str,
+        body: ImageBody | None = None,
+        max_bytes: int = SMALL_ANSWER,
+    ) -> Answer:
         """Send with the current token; after a 401/403, once more with a fresh one.
 
         A token can be revoked or expire early; a second refusal is the service's real answer
         (as the Java SDK does it).
         """
         token = self.tokens.get() if self.tokens else None
-        response = self._send(method, url, token, body)
-        if response.status_code in AUTH_STATUSES and self.tokens and token:
+        answer = self._send(method, url, token, body, max_bytes)
+        if answer.status in AUTH_STATUSES and self.tokens and token:
             self.tokens.invalidate(token)
-            response = self._send(method, url, self.tokens.get(), body)
-        return response
+            answer = self._send(method, url, self.tokens.get(), body, max_bytes)
+        return answer
 
     def _send(
-        self, method: str, url: str, token: str | None, body: ImageBody | None = None
-    ) -> requests.Response:
+        self,
+        method: str,
+        url: str,
+        token: str | None,
+        body: ImageBody | None,
+        max_bytes: int,
+    ) -> Answer:
         headers = {"Accept": "text/plain" if body is not None else "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
         if token:
             headers["Authorization"] = f"Bearer {token}"
         try:
-            return self._session().request(
+            return call(
+                self._session(),
                 method,
                 url,
+                what="the service",
+                timeout=self._timeout,
+                max_bytes=max_bytes,
                 data=None if body is None else body.payload(),
                 headers=headers,
-                timeout=self._timeout,
                 proxies=self._proxies,
             )
-        except FileChangedError:
-            raise
-        except requests.RequestException as exc:
+        except TransientApiError:
             if body is not None and body.short_read:
                 raise FileChangedError(
                     "the file got shorter while it was being sent"
                 ) from None
-            raise TransientApiError(unreachable(exc, "the service", url)) from None
+            raise
 
     def fetch_result(self, guid: str) -> TaskResult:
         """One GET of a task's state and, once Completed, its decoded results."""
-        response = self._request("GET", f"{self._url}?id={guid}")
-        error = error_for_status(response.status_code, problem_detail(response.text))
+        answer = self._request(
+            "GET", f"{self._url}?id={guid}", max_bytes=RESULT_MAX_BYTES
+        )
+        error = error_for_status(answer.status, problem_detail(answer.text))
         if error is not None:
             raise error
-        return parse_task_result(response.text)
+        return parse_task_result(answer.text)
 
     def wait_for_result(
         self,

@@ -43,6 +43,7 @@ from ocrwatch.settings import (
     Settings,
     check_choice,
     nearest,
+    shorten,
 )
 
 log = structlog.get_logger()
@@ -315,10 +316,11 @@ def translate_validation_error(
     """The first pydantic error as one sentence: file, dotted key, problem, nearest valid name."""
     err = exc.errors()[0]
     loc = tuple(err["loc"])
-    where = f"{source}: {format_loc(loc)}" if loc else source
+    where = f"{source}: {shorten(format_loc(loc), 120)}" if loc else source
     if err["type"] == "extra_forbidden":
         model = _model_at(root, loc)
-        hint = nearest(str(loc[-1]), _valid_keys(model)) if model else None
+        key = str(loc[-1])
+        hint = nearest(key, _valid_keys(model)) if model and len(key) <= 100 else None
         tip = f"did you mean `{hint}`?" if hint else "remove it"
         return ConfigError(f"{where}: unknown key; {tip}")
     if err["type"] == "missing":

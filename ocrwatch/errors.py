@@ -6,8 +6,10 @@ OcrwatchError                  fatal unless caught per file; exit 1
 ├── JournalError               state_dir unusable (locked, corrupt, unwritable)
 ├── ApiError                   talking to Aspose failed
 │   ├── AuthError              credentials refused -- don't hammer the token endpoint
-│   └── TransientApiError      timeout, connection, 408/429/5xx -- retry, then "retry later"
-│       └── TokenRateLimitError  the token endpoint's 429 -- wait (up to retry.max_delay), retry
+│   ├── TransientApiError      timeout, connection, 408/429/5xx -- retry, then "retry later"
+│   │   └── TokenRateLimitError  the token endpoint's 429 -- wait (up to retry.max_delay), retry
+│   └── ProtocolError          a 200 that makes no sense (no task id) -- not retried at once:
+│                              each POST may be billed; a few rounds later, `.error`
 ├── SidecarError               a sidecar could not be written (read-only share, disk full)
 ├── FileChangedError           the file changed while it was read -- settle again, then resubmit
 └── RejectedError              this file can never succeed as it is -> `.error` sidecar
@@ -62,6 +64,10 @@ class AuthError(ApiError):
 
 class TransientApiError(ApiError):
     """A timeout, a dropped connection, 408, 429 or 5xx: worth trying again later."""
+
+
+class ProtocolError(ApiError):
+    """The service answered, but not with what the API promises (a 200 with no task id)."""
 
 
 class TokenRateLimitError(TransientApiError):

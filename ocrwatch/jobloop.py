@@ -25,6 +25,7 @@ from ocrwatch.errors import (
     ConfigError,
     FileChangedError,
     JournalError,
+    ProtocolError,
     RejectedError,
     TransientApiError,
 )
@@ -44,6 +45,7 @@ JOURNAL_ERROR_BACKOFF_S: Final = 5.0
 # How long a file waits for the GUID of a twin that is on the wire before it is queued again.
 TWIN_WAIT_S: Final = 30.0
 TWIN_POLL_S: Final = 0.1
+PROTOCOL_ROUNDS: Final = 3
 
 
 class JobLoop:
@@ -261,7 +263,8 @@ class JobLoop:
         try:
             resolved = runtime.book.resolve_for(job.path, job.root, profile)
         except ConfigError as exc:
-            return rec.held(job, str(exc))
+            # Logged once per broken version of the file, not at every rescan.
+            return rec.held(job, str(exc), once_per=str(exc))
         if (why := why_unwritable(job.path)) is not None:
             return rec.held(job, why, once_per=job.path.parent)
         key = content_key(resolved.settings, runtime.client.trial)
@@ -280,6 +283,12 @@ class JobLoop:
             return self._pause(job, exc, runtime)
         except TransientApiError as exc:
             return rec.retry_later(job, str(exc), exc.retry_after_s, exc.attempts)
+        except ProtocolError as exc:
+            # Not retried at once: every POST may be billed. A few rounds, then an answer.
+            if job.attempts + 1 >= PROTOCOL_ROUNDS:
+                why = f"{exc}; {PROTOCOL_ROUNDS} tries, not sent again"
+                return rec.rejected(job, why, runtime)
+            return rec.retry_later(job, str(exc))
         if sub.changed is not None:
             now_sha256 = inspect(job.path, want_sha256=True).sha256
             return rec.changed_after_upload(

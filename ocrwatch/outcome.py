@@ -25,6 +25,7 @@ from ocrwatch.journal import Job, Journal
 from ocrwatch.preflight import Receipt
 from ocrwatch.retry import next_attempt_at
 from ocrwatch.runtime import Runtime
+from ocrwatch.settings import shorten
 from ocrwatch.settle import Look
 from ocrwatch.sidecar import Kind, read_guid, sidecar_path, write_sidecar
 
@@ -32,6 +33,7 @@ log = structlog.get_logger()
 
 UNCONFIGURED_RETRY_S: Final = 3600.0
 INCOMPLETE_RECHECK_MAX_S: Final = 60.0
+REASON_MAX: Final = 400
 
 
 class Outcome(StrEnum):
@@ -97,7 +99,7 @@ class Recorder:
         self._one_shot = (
             one_shot  # `submit`: report a file that is not ready, do not wait
         )
-        self._held_logged: set[Path] = set()
+        self._held_logged: set[object] = set()
         self._lock = threading.Lock()
 
     def submitted(
@@ -316,9 +318,11 @@ class Recorder:
         log.info("job.gone", path=str(job.path))
         return Result(Outcome.GONE, "the file disappeared before it could be read")
 
-    def held(self, job: Job, reason: str, *, once_per: Path | None = None) -> Result:
+    def held(self, job: Job, reason: str, *, once_per: object = None) -> Result:
         """Keep the file queued but unclaimable, with the reason, until its folder is looked at
-        again. `once_per`: log only the first such file of this folder (every rescan looks)."""
+        again. `once_per`: log only once for it (a folder, a broken file's version), not at
+        every rescan."""
+        reason = shorten(reason, REASON_MAX)
         self._journal.hold(job.path, reason=f"held: {reason}", now=self._clock())
         with self._lock:
             logged = once_per in self._held_logged

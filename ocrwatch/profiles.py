@@ -22,9 +22,11 @@ from ocrwatch.config import (
     translate_validation_error,
 )
 from ocrwatch.errors import ConfigError
-from ocrwatch.settings import Settings, nearest
+from ocrwatch.settings import Settings, nearest, shorten
 
 OVERRIDE_NAME: Final = ".ocrwatch.yaml"
+# Anyone who can write to a share writes these: a few settings, never megabytes.
+OVERRIDE_MAX_BYTES: Final = 64 * 1024
 MEMO_LIMIT: Final = 4096
 Version = tuple[int, int, int]  # an override file's (mtime_ns, size, inode)
 
@@ -77,7 +79,8 @@ def resolve(
                     else "define it under `profiles` in the config"
                 )
                 raise ConfigError(
-                    f"{override.path}: profile: unknown profile `{override.spec.profile}`; {tip}"
+                    f"{override.path}: profile: unknown profile "
+                    f"`{shorten(override.spec.profile)}`; {tip}"
                 )
             profile = override.spec.profile
     settings = resolve_profile(profile, table)
@@ -159,7 +162,8 @@ class ProfileBook:
         if cached is None or cached[0] != key:
             result: OverrideSpec | str
             try:
-                result = parse_override(load_yaml(path), path)
+                data = load_yaml(path, max_bytes=OVERRIDE_MAX_BYTES)
+                result = parse_override(data, path)
             except ConfigError as exc:
                 result = str(exc)
             cached = (key, result)

@@ -216,6 +216,11 @@ WIRE_NAMES: Final[Mapping[str, str]] = {
 }
 
 
+def shorten(text: str, limit: int = 60) -> str:
+    """A value quoted in a message, cut: a share user's file may hold a megabyte in one."""
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
 def nearest(word: str, choices: Iterable[str]) -> str | None:
     """The closest valid spelling of `word`, for "did you mean" hints."""
     options = list(choices)
@@ -230,13 +235,13 @@ def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
     """Return `value` if the API knows it; else raise ValueError naming the nearest valid one."""
     if value in choices:
         return value
-    hint = nearest(value, choices)
+    hint = nearest(value, choices) if len(value) <= 100 else None
     suffix = (
         f"; did you mean `{hint}`?"
         if hint
         else f"; valid values: {', '.join(choices[:12])}, ..."
     )
-    raise ValueError(f"unknown {what} `{value}`{suffix}")
+    raise ValueError(f"unknown {what} `{shorten(value)}`{suffix}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -255,7 +255,9 @@ def test_a_full_state_dir_during_uploads_gives_no_second_upload_after_restart(
         resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (wal, wal))
         try:
             wait_until(lambda: len(sidecars(inbox)) == 5, 15, "4 more sidecars")
-            wait_until(lambda: b"uploads.paused" in log.read_bytes(), 15, "journal full")
+            wait_until(
+                lambda: b"uploads.paused" in log.read_bytes(), 15, "journal full"
+            )
         except AssertionError as exc:
             tail = log.read_text()[-3000:]
             raise AssertionError(f"{exc}; WAL {wal} bytes; log tail: {tail}") from None

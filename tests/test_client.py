@@ -532,8 +532,13 @@ class TestBodies:
         "body", ["", "ok", "{}", "a197aade-bba9-4c7a-92c7", "<html>error</html>"]
     )
     def test_parse_task_id_rejects_non_guids(self, body):
-        """Anything that is not a GUID is not written to a sidecar."""
-        with pytest.raises(TransientApiError):
+        """Anything that is not a GUID is not written to a sidecar, and is a protocol error:
+        not retried at once, since every POST may be billed."""
+        from ocrwatch.errors import ProtocolError
+
+        with pytest.raises(
+            ProtocolError, match="the service answered 200 with no task id"
+        ):
             parse_task_id(body)
 
 

@@ -420,7 +420,9 @@ class TestJournal:
         path = tmp_path / "j.sqlite3"
         path.write_bytes(b"this is not a database" * 100)
 
-        with pytest.raises(JournalError, match=r"the journal is damaged .* rebuilds it"):
+        with pytest.raises(
+            JournalError, match=r"the journal is damaged .* rebuilds it"
+        ):
             Journal(path, readonly=True)
         journal = Journal(path)
         counts, rebuilds = journal.counts(), journal.rebuilds
