@@ -249,10 +249,17 @@ class OcrClient:
             self._local.session = session
         return session
 
-    def submit(self, path: Path, settings: Settings) -> Submission:
+    def submit(
+        self, path: Path, settings: Settings, *, fd: int | None = None
+    ) -> Submission:
         """Send one image and return its task; raises RejectedError, ApiError or FileChangedError
-        (the file changed before the service accepted it)."""
-        fd = _open_image(path)
+        (the file changed before the service accepted it).
+
+        `fd`: the file as the caller opened and checked it; it stays open. Without it, `path`
+        is opened here.
+        """
+        own = fd is None
+        fd = _open_image(path) if fd is None else fd
         try:
             before = os.fstat(fd)
             image_type = _check_image(fd, before, path)
@@ -271,7 +278,8 @@ class OcrClient:
                 changed=_why_changed(path, fd, before),
             )
         finally:
-            os.close(fd)
+            if own:
+                os.close(fd)
 
     def _post_image(self, body: ImageBody) -> str:
         answer = self._request("POST", self._url, body)

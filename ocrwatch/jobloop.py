@@ -31,7 +31,13 @@ from ocrwatch.errors import (
 )
 from ocrwatch.journal import Job, Journal
 from ocrwatch.outcome import Recorder, Result, look_at, remove_stale_guid
-from ocrwatch.preflight import Receipt, content_key, current_receipt, inspect
+from ocrwatch.preflight import (
+    Receipt,
+    content_key,
+    current_receipt,
+    inspect,
+    open_within,
+)
 from ocrwatch.runtime import AUTH_RETRY_S, Runtime
 from ocrwatch.settle import Look
 from ocrwatch.sidecar import Kind, why_unwritable
@@ -249,17 +255,40 @@ class JobLoop:
         if profile is None:
             return rec.unconfigured(job)
         look = look_at(job.path)
-        if look is None:
-            if not os.path.lexists(job.path):
-                return rec.gone(job)
-        elif look != Look(job.size, job.mtime_ns):
+        if look is not None and look != Look(job.size, job.mtime_ns):
             return rec.unsettled(job, look, runtime, "it changed after it settled")
-        elif (unrecorded := self._unrecorded.get(job.path)) is not None:
-            return self._record_again(job, profile, look, unrecorded, runtime, started)
-        elif (receipt := current_receipt(job.path, look)) and not self._is_stale(
-            job, receipt
-        ):
-            return rec.adopted(job, look, receipt)
+        if look is not None and (pending := self._unrecorded.get(job.path)) is not None:
+            return self._record_again(job, profile, look, pending, runtime, started)
+        receipt = None if look is None else current_receipt(job.path, look)
+        try:
+            fd = open_within(job.path, runtime.roots_for(job))
+        except FileNotFoundError:
+            return rec.gone(job)
+        except RejectedError as exc:
+            return rec.rejected(job, str(exc), runtime)
+        try:
+            if (
+                look is None
+            ):  # it was just opened: whatever raced the first look is gone
+                st = os.fstat(fd)
+                look = Look(st.st_size, st.st_mtime_ns)
+            if receipt is not None and not self._is_stale(job, receipt, fd):
+                return rec.adopted(job, look, receipt)
+            return self._send(job, fd, look, profile, runtime, started)
+        finally:
+            os.close(fd)
+
+    def _send(
+        self,
+        job: Job,
+        fd: int,
+        look: Look,
+        profile: str,
+        runtime: Runtime,
+        started: float,
+    ) -> Result:
+        """The opened file: settings, the checks before an upload, the upload, its outcome."""
+        rec = self._recorder
         try:
             resolved = runtime.book.resolve_for(job.path, job.root, profile)
         except ConfigError as exc:
@@ -268,17 +297,17 @@ class JobLoop:
         if (why := why_unwritable(job.path)) is not None:
             return rec.held(job, why, once_per=job.path.parent)
         key = content_key(resolved.settings, runtime.client.trial)
-        if look is not None and (early := self._before_upload(job, look, key, runtime)):
+        if early := self._before_upload(job, fd, look, key, runtime):
             return early
         try:
-            sub = runtime.client.submit(job.path, resolved.settings)
+            sub = runtime.client.submit(job.path, resolved.settings, fd=fd)
         except RejectedError as exc:
             return rec.rejected(job, str(exc), runtime)
         except FileChangedError as exc:
-            look = look_at(job.path)
-            if look is None and not os.path.lexists(job.path):
+            now = look_at(job.path)
+            if now is None and not os.path.lexists(job.path):
                 return rec.gone(job)
-            return rec.unsettled(job, look or Look(0, 0), runtime, str(exc))
+            return rec.unsettled(job, now or Look(0, 0), runtime, str(exc))
         except AuthError as exc:
             return self._pause(job, exc, runtime)
         except TransientApiError as exc:
@@ -290,7 +319,7 @@ class JobLoop:
                 return rec.rejected(job, why, runtime)
             return rec.retry_later(job, str(exc))
         if sub.changed is not None:
-            now_sha256 = inspect(job.path, want_sha256=True).sha256
+            now_sha256 = self._sha256_of(job.path)
             return rec.changed_after_upload(
                 job, resolved.profile, sub, key, now_sha256, runtime
             )
@@ -302,6 +331,18 @@ class JobLoop:
             with self._cond:
                 self._unrecorded[job.path] = (sub, key)
             raise
+
+    @staticmethod
+    def _sha256_of(path: Path) -> str | None:
+        """What the file at `path` holds now (after its time changed during an upload)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            return None
+        try:
+            return inspect(fd, want_sha256=True).sha256
+        finally:
+            os.close(fd)
 
     def _record_again(
         self,
@@ -322,7 +363,7 @@ class JobLoop:
             self._unrecorded.pop(job.path, None)
         return result
 
-    def _is_stale(self, job: Job, receipt: Receipt) -> bool:
+    def _is_stale(self, job: Job, receipt: Receipt, fd: int) -> bool:
         """A current-looking `.guid` that ocrwatch wrote for other content (a file replaced by
         one with an older mtime, `mv new.png scan.png`): removed, not adopted."""
         if receipt.kind is not Kind.GUID:
@@ -330,18 +371,18 @@ class JobLoop:
         entry = self._journal.lookup([job.path]).get(str(job.path))
         if entry is None or entry.guid != receipt.text or entry.sha256 is None:
             return False
-        now_sha256 = inspect(job.path, want_sha256=True).sha256
+        now_sha256 = inspect(fd, want_sha256=True).sha256
         if now_sha256 is None or now_sha256 == entry.sha256:
             return False
         remove_stale_guid(job.path, receipt.text)
         return True
 
     def _before_upload(
-        self, job: Job, look: Look, key: str, runtime: Runtime
+        self, job: Job, fd: int, look: Look, key: str, runtime: Runtime
     ) -> Result | None:
         """Not a whole image yet, or content the service already has: no upload."""
         window = runtime.config.dedupe_window
-        seen = inspect(job.path, want_sha256=window > 0)
+        seen = inspect(fd, want_sha256=window > 0)
         if seen.incomplete is not None:
             return self._recorder.incomplete(job, look, seen.incomplete, runtime)
         if seen.sha256 is None:

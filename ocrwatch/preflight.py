@@ -8,15 +8,19 @@ them (a sidecar, a journal state) is decided and recorded by the job loop.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from ocrwatch.completeness import why_incomplete
-from ocrwatch.settings import Settings
+from ocrwatch.errors import RejectedError
+from ocrwatch.settings import Settings, shorten
 from ocrwatch.settle import Look
 from ocrwatch.sidecar import (
     Kind,
@@ -58,16 +62,55 @@ def current_receipt(path: Path, look: Look) -> Receipt | None:
     return Receipt(Kind.ERROR, text or "rejected")
 
 
-def inspect(path: Path, *, want_sha256: bool) -> Inspection:
-    """Open the file once: is it whole, and (if wanted) what is its sha256?
+def open_within(path: Path, roots: Iterable[Path]) -> int:
+    """Open the file to send, once, and check what was opened: a regular file, really inside
+    a watched folder (`roots` resolved). Whatever a link pointed at when the file settled,
+    this descriptor is what is hashed and sent.
 
-    A file that cannot be read here (a FIFO, a folder, no permission) passes: the client gives
-    it its `.error` with the reason.
+    Raises FileNotFoundError if it is gone, RejectedError if it can never be sent as it is.
     """
     try:
+        # O_NONBLOCK: a FIFO dropped into a folder must not hang a worker on open.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
-        return Inspection(None, None)
+    except FileNotFoundError:
+        if not os.path.lexists(path):
+            raise
+        raise RejectedError(
+            "cannot read the file: it is a dangling symbolic link"
+        ) from None
+    except IsADirectoryError:
+        raise RejectedError("not a file: it is a directory") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RejectedError(
+                "cannot read the file: it is a symbolic link loop"
+            ) from None
+        raise RejectedError(f"cannot read the file: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise RejectedError("not a file: it is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise RejectedError(
+                "cannot read the file: it is not a regular file (a FIFO, socket or device)"
+            )
+        real = Path(f"/proc/self/fd/{fd}").readlink()
+        if not any(real == root or root in real.parents for root in roots):
+            raise RejectedError(
+                f"not sent: it is a link to {shorten(str(real), 120)}, outside the watched "
+                "folders"
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def inspect(fd: int, *, want_sha256: bool) -> Inspection:
+    """Is the opened file whole, and (if wanted) what is its sha256?
+
+    A file that cannot be read here passes: the client says why, in its `.error`.
+    """
     try:
         size = os.fstat(fd).st_size
         incomplete = why_incomplete(lambda offset, n: os.pread(fd, n, offset), size)
@@ -81,8 +124,6 @@ def inspect(path: Path, *, want_sha256: bool) -> Inspection:
         return Inspection(None, digest.hexdigest())
     except OSError:
         return Inspection(None, None)
-    finally:
-        os.close(fd)
 
 
 def content_key(settings: Settings, trial: bool) -> str:

@@ -6,6 +6,7 @@ job that started with it finishes with it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,11 @@ class Runtime:
             return job.profile
         folder = self.folders.get(job.root)
         return None if folder is None else folder.profile
+
+    def roots_for(self, job: Job) -> list[Path]:
+        """Where a file sent for `job` may really be: its own root and the watched folders,
+        with links resolved (a link may point from one watched folder into another)."""
+        return [Path(os.path.realpath(r)) for r in (job.root, *self.folders)]
 
     def settle_s(self, root: Path) -> float:
         folder = self.folders.get(root)

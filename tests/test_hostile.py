@@ -12,7 +12,7 @@ import pytest
 
 from ocrwatch.daemon import Rescan
 
-from .conftest import wait_until, write_config
+from .conftest import CLIENT_ID, SECRET, wait_until, write_config
 from .daemon_harness import daemon_thread, sidecars
 from .images import write_png
 
@@ -46,7 +46,9 @@ def test_a_name_that_is_not_utf8_is_sent_and_the_files_beside_it_too(
     assert 2 == len(emulator.submissions())
 
 
-def loop_against(tmp_path: Path, url: str, clock, **api: object):
+def loop_against(
+    tmp_path: Path, url: str, clock, *, folder: Path | None = None, **api: object
+):
     """A job loop (no threads) against `url`, with a journal, a clock and a real inbox."""
     from pydantic import SecretStr
 
@@ -64,12 +66,12 @@ def loop_against(tmp_path: Path, url: str, clock, **api: object):
         {
             "api": settings,
             "state_dir": str(tmp_path / "state"),
-            "folders": [{"path": str(tmp_path / "in")}],
+            "folders": [{"path": str(folder or tmp_path / "in")}],
         },
         "test",
     )
     journal = Journal(config.journal_path)
-    runtime = Runtime.build(config, Credentials("id", SecretStr("secret-0123")))
+    runtime = Runtime.build(config, Credentials(CLIENT_ID, SecretStr(SECRET)))
     return JobLoop(journal, runtime, clock=clock), journal
 
 
@@ -168,3 +170,39 @@ def test_a_hostile_ocrwatch_yaml_holds_only_its_own_folder(tmp_path, inbox, emul
     assert "it is larger than 64 KiB" in reasons["value"]
     assert max(len(r) for r in reasons.values()) <= 500
     assert 4 == sum(e["event"] == "job.held" for e in logs)
+
+
+def test_a_link_swapped_after_it_settled_to_a_file_outside_is_not_sent(
+    tmp_path, inbox, emulator
+):
+    """The link pointed inside the watched folder when it settled; it points outside (at a
+    file of the same size and time) when the worker opens it: what was opened is checked,
+    and nothing is sent."""
+    from ocrwatch.journal import Job
+    from ocrwatch.outcome import Outcome
+
+    from .images import png_bytes
+
+    inside = write_png(inbox / "scan.png", 1)
+    secret = tmp_path / "outside" / "payroll.png"
+    secret.parent.mkdir()
+    secret.write_bytes(png_bytes(2))
+    st = inside.stat()
+    os.utime(secret, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (
+        secret.stat().st_size == st.st_size
+    )  # same size and time: the swap is invisible
+    link = inbox / "link.png"
+    link.symlink_to(inside)
+    loop, journal = loop_against(tmp_path, emulator.url, time.time, folder=inbox)
+
+    journal.note_many([Job(link, inbox, st.st_size, st.st_mtime_ns)], 0.0)
+
+    link.unlink()
+    link.symlink_to(secret)
+    result = loop.step()
+
+    assert result is not None
+    assert Outcome.REJECTED is result.outcome
+    assert "outside the watched folders" in (result.error or "")
+    assert [] == emulator.submissions()
