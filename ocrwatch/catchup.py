@@ -68,6 +68,7 @@ def scan_folder(
     emit: Callable[[Found], None],
     should_stop: Callable[[], bool] = lambda: False,
     restore: Callable[[Found, str], None] = lambda found, guid: None,
+    on_error: Callable[[str, OSError], None] = lambda folder, exc: None,
 ) -> ScanReport:
     """Walk one watched folder, `emit` every file that needs submitting, `restore` lost sidecars."""
     root = folder.path.absolute()
@@ -78,6 +79,7 @@ def scan_folder(
         include=folder.include,
         exclude=folder.exclude,
         roots=roots,
+        on_error=on_error,
     ):
         if should_stop():
             break
@@ -117,6 +119,7 @@ class CatchUp:
         self._stopping = threading.Event()
         self._finished = 0
         self._finished_lock = threading.Lock()
+        self._unreadable: set[str] = set()  # folders already reported
 
     @property
     def scans_finished(self) -> int:
@@ -146,6 +149,17 @@ class CatchUp:
         """Make a running round end at its next folder batch."""
         self._stopping.set()
 
+    def _cannot_read(self, folder: str, exc: OSError) -> None:
+        """Said once per folder: it is tried again at every scan, quietly."""
+        if folder not in self._unreadable:
+            self._unreadable.add(folder)
+            log.warning(
+                "rescan.folder_unreadable",
+                path=folder,
+                error=exc.strerror or str(exc),
+                fix="let the service user read it",
+            )
+
     def _scan(self, folders: list[FolderConfig], roots: list[Path]) -> None:
         for folder in folders:
             started = time.monotonic()
@@ -158,6 +172,7 @@ class CatchUp:
                     self._emit,
                     self._stopping.is_set,
                     restore=self._restore,
+                    on_error=self._cannot_read,
                 )
             except (OSError, JournalError) as exc:
                 log.error("rescan.failed", path=str(folder.path), error=str(exc))

@@ -257,6 +257,15 @@ class Daemon:
                 "config.reload_failed", error=str(exc), kept="the previous config"
             )
             return
+        except (
+            Exception
+        ) as exc:  # any failure here must keep the daemon on its old config
+            log.exception(
+                "config.reload_failed",
+                error=f"{type(exc).__name__}: {exc}",
+                kept="the previous config",
+            )
+            return
         self.loop.swap(runtime)
         self.intake.update(runtime.folders)
         self.watchers.apply(runtime.folders)

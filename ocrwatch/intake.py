@@ -19,10 +19,10 @@ from ocrwatch.journal import Job, Journal
 from ocrwatch.profiles import OVERRIDE_NAME
 from ocrwatch.selection import (
     Found,
+    candidate_stat,
     deepest_root,
     is_candidate,
     is_ignored_dir,
-    regular_file_stat,
     walk_candidates,
 )
 from ocrwatch.settle import Look, SettleTracker, Verdict
@@ -148,7 +148,7 @@ class Intake:
             log.info("job.queued", path=str(job.path), bytes=job.size)
 
     def _look(self, path: Path) -> Look | None:
-        st = regular_file_stat(path, self._folders)
+        st = candidate_stat(path, self._folders)
         return None if st is None else Look(st.st_size, st.st_mtime_ns)
 
     def _add_moved_in_dir(

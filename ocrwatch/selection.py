@@ -12,7 +12,7 @@ import functools
 import os
 import re
 import stat
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Final
@@ -100,18 +100,27 @@ def deepest_root(path: Path, roots: Iterable[Path]) -> Path | None:
     return max(holding, key=lambda root: len(root.parts), default=None)
 
 
-def regular_file_stat(path: Path, roots: Iterable[Path]) -> os.stat_result | None:
-    """The file's stat if it is a regular file, or a link to one inside a watched root; else None."""
+def candidate_stat(path: Path, roots: Iterable[Path]) -> os.stat_result | None:
+    """How a candidate looks, for settling; None only if nothing is there.
+
+    A regular file, or a link to one inside a watched root, is looked at through the link.
+    Anything else (a FIFO, a device, a folder named like an image, a dangling link, a link
+    loop, a link out of the watched folders) is looked at as it is: it settles like a file
+    and gets an `.error` that says what it is, instead of being passed over in silence.
+    """
     try:
         st = path.lstat()
-        if stat.S_ISLNK(st.st_mode):
-            target = path.resolve(strict=True)
-            if not is_within(target, [r.resolve() for r in roots]):
-                return None
-            st = target.stat()
-    except (OSError, RuntimeError):
+    except OSError:
         return None
-    return st if stat.S_ISREG(st.st_mode) else None
+    if not stat.S_ISLNK(st.st_mode):
+        return st
+    try:
+        target = path.resolve(strict=True)
+        if is_within(target, [r.resolve() for r in roots]):
+            return target.stat()
+    except (OSError, RuntimeError):
+        pass
+    return st
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,32 +143,38 @@ def walk_candidates(
     include: Sequence[str],
     exclude: Sequence[str],
     roots: Sequence[Path],
+    on_error: Callable[[str, OSError], None] = lambda folder, exc: None,
 ) -> Iterator[list[Found]]:
-    """Yield the candidates of each folder under `root`, one list per folder, with os.scandir."""
+    """Yield the candidates of each folder under `root`, one list per folder, with os.scandir.
+
+    A folder that cannot be read is passed to `on_error` and skipped: the next scan tries again.
+    """
     rules = rules_for(tuple(include), tuple(exclude))
     prefix = len(str(root).rstrip("/")) + 1
-    pending = [root]
+    pending = [str(root)]
     while pending:
         directory = pending.pop()
         try:
             with os.scandir(directory) as it:
                 entries = list(it)
-        except OSError:
-            continue  # vanished or unreadable folder: the next rescan tries again
+        except FileNotFoundError:
+            continue  # it went away meanwhile
+        except OSError as exc:
+            on_error(directory, exc)
+            continue
         names = {e.name: e for e in entries}
         found: list[Found] = []
         for entry in entries:
             try:
-                if entry.is_dir(follow_symlinks=False):
-                    if recursive and not rules.is_ignored_dir(entry.name):
-                        pending.append(Path(entry.path))
-                    continue
+                is_dir = entry.is_dir(follow_symlinks=False)
             except OSError:
                 continue
+            if is_dir and recursive and not rules.is_ignored_dir(entry.name):
+                pending.append(entry.path)
             if not rules.accepts(entry.name, entry.path[prefix:]):
                 continue
             st = (
-                regular_file_stat(Path(entry.path), roots)
+                candidate_stat(Path(entry.path), roots)
                 if entry.is_symlink()
                 else _entry_stat(entry)
             )
@@ -179,10 +194,9 @@ def walk_candidates(
 
 def _entry_stat(entry: os.DirEntry[str]) -> os.stat_result | None:
     try:
-        st = entry.stat(follow_symlinks=False)
+        return entry.stat(follow_symlinks=False)
     except OSError:
         return None
-    return st if stat.S_ISREG(st.st_mode) else None
 
 
 def _sidecar_mtime(names: dict[str, os.DirEntry[str]], name: str) -> int | None:

@@ -4,9 +4,13 @@ file lost. Read the test names as the list.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
+import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -206,3 +210,275 @@ def test_a_link_swapped_after_it_settled_to_a_file_outside_is_not_sent(
     assert Outcome.REJECTED is result.outcome
     assert "outside the watched folders" in (result.error or "")
     assert [] == emulator.submissions()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            "folders: " + "[" * 5000 + "]" * 5000 + "\n",
+            "nested more than 32 levels deep; fix the file",
+            id="deeply-nested",
+        ),
+        pytest.param(
+            "shutdown_timeout: .inf\n",
+            "shutdown_timeout: Input should be a finite number; fix the value",
+            id="infinite-timeout",
+        ),
+        pytest.param(
+            "base: &b {path: /srv/in}\nfolders: [*b]\n",
+            "aliases (*name) are not supported; fix the file",
+            id="yaml-alias",
+        ),
+        pytest.param(
+            "api: {timeout: {read: 100000}}\n",
+            "api.timeout.read: Input should be less than or equal to 600; fix the value",
+            id="unbounded-timeout",
+        ),
+    ],
+)
+def test_a_bad_config_is_one_sentence_at_start_and_kept_out_on_reload(
+    tmp_path, inbox, emulator, text, expected
+):
+    """`check` exits 2 with one sentence; a daemon that gets it by SIGHUP keeps its old config
+    and goes on sending."""
+    import signal
+
+    from .conftest import OCRWATCH, cli_env
+    from .daemon_harness import spawn, stop
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        f"folders: [{{path: {inbox}}}]\nstate_dir: {tmp_path / 'state'}\n" + text
+        if not text.startswith(("folders", "base"))
+        else text
+    )
+    check = subprocess.run(
+        [*OCRWATCH, "check", "-c", str(bad)],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        check=False,
+        timeout=30,
+    )
+    config = config_for(tmp_path, emulator.url, inbox)
+    log = tmp_path / "run.log"
+    proc = spawn(config, log, wait_started=True)
+    good = config.read_text()
+    config.write_text(bad.read_text())
+    proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: b"config.reload_failed" in log.read_bytes(), 10, "refused")
+    config.write_text(good)
+    write_png(inbox / "still.png", 1)
+    wait_until(lambda: (inbox / "still.png.guid").exists(), 10, "still sending")
+
+    assert 0 == stop(proc)
+    assert 2 == check.returncode
+    [line] = check.stderr.splitlines()
+    assert line.endswith(expected), line
+    assert "Traceback" not in log.read_text()
+
+
+def test_things_that_are_not_files_get_an_error_saying_what_they_are(
+    tmp_path, inbox, emulator
+):
+    """A FIFO, a device, a dangling link, a link loop, a link out of the watched folders and a
+    folder named like an image each get an `.error` with the reason; the real scan is sent."""
+    outside = write_png(tmp_path / "elsewhere" / "private.png", 7)
+    os.mkfifo(inbox / "fifo.png")
+    (inbox / "dangling.png").symlink_to(inbox / "nowhere.png")
+    (inbox / "loop.png").symlink_to(inbox / "loop.png")
+    (inbox / "out.png").symlink_to(outside)
+    (inbox / "folder.png").mkdir()
+    if os.geteuid() == 0:  # only root may make a device node
+        os.mknod(inbox / "device.png", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    write_png(inbox / "scan.png", 1)
+    config = config_for(tmp_path, emulator.url, inbox)
+    names = ["fifo", "dangling", "loop", "out", "folder"] + (
+        ["device"] if os.geteuid() == 0 else []
+    )
+
+    with daemon_thread(config):
+        wait_until(
+            lambda: (
+                all((inbox / f"{n}.png.error").exists() for n in names)
+                and (inbox / "scan.png.guid").exists()
+            ),
+            30,
+            "every .error",
+        )
+
+    errors = {n: (inbox / f"{n}.png.error").read_text() for n in names}
+    assert 1 == len(emulator.submissions())
+    assert errors["fifo"].startswith("cannot read the file: it is not a regular file")
+    assert errors["dangling"].startswith(
+        "cannot read the file: it is a dangling symbolic"
+    )
+    assert errors["loop"].startswith("cannot read the file: it is a symbolic link loop")
+    assert "outside the watched folders" in errors["out"]
+    assert errors["folder"].startswith("not a file: it is a directory")
+    if "device" in errors:
+        assert "not a regular file" in errors["device"]
+
+
+def test_an_unreadable_subfolder_is_logged_once(tmp_path, inbox, emulator):
+    """A folder the scan cannot list (here: its path is longer than the system allows) is
+    logged once, not at every rescan, and the rest of the tree is scanned."""
+    from structlog.testing import capture_logs
+
+    from ocrwatch.daemon import Rescan
+
+    deep = os.open(inbox, os.O_RDONLY)
+    try:  # each level is fine; the whole path is over PATH_MAX (4096 bytes)
+        for _ in range(20):
+            os.mkdir("d" * 250, dir_fd=deep)
+            inner = os.open("d" * 250, os.O_RDONLY, dir_fd=deep)
+            os.close(deep)
+            deep = inner
+    finally:
+        os.close(deep)
+    write_png(inbox / "scan.png", 1)
+    config = config_for(tmp_path, emulator.url, inbox)
+
+    with capture_logs() as logs, daemon_thread(config) as daemon:
+        wait_until(lambda: (inbox / "scan.png.guid").exists(), 10, "the rest scanned")
+        daemon.items.put(Rescan(inbox, "test: another look"))
+        wait_until(lambda: daemon.health().scans_finished >= 2, 10, "rescanned")
+
+    unreadable = [e for e in logs if e["event"] == "rescan.folder_unreadable"]
+    assert 1 == len(unreadable)
+    assert "File name too long" == unreadable[0]["error"]
+
+
+def status_of(config: Path) -> dict[str, Any]:
+    """`ocrwatch status --json`, which must exit 0 whatever the journal's state."""
+    import json
+
+    from .conftest import OCRWATCH, cli_env
+
+    result = subprocess.run(
+        [*OCRWATCH, "status", "-c", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        check=False,
+        timeout=30,
+    )
+    assert 0 == result.returncode, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+@pytest.mark.parametrize("damage", ["header", "truncated"])
+def test_a_damaged_journal_is_rebuilt_and_the_sidecars_say_what_is_done(
+    tmp_path, inbox, emulator, damage
+):
+    """A journal with a garbled header, or cut short: `run` moves it aside, builds a new one,
+    and sends only the files without a current sidecar; `status` says what happened."""
+    for i in range(30):
+        write_png(inbox / f"done-{i}.png", i)
+    config = config_for(tmp_path, emulator.url, inbox)
+    with daemon_thread(config):
+        wait_until(lambda: len(sidecars(inbox)) == 30, 15, "30 done")
+    journal = tmp_path / "state" / "journal.sqlite3"
+    if damage == "header":
+        with journal.open("r+b") as handle:
+            handle.write(b"garbage!" * 16)
+    else:
+        os.truncate(journal, journal.stat().st_size // 2)
+    broken = status_of(config)
+    for i in range(5):
+        write_png(inbox / f"new-{i}.png", 100 + i)
+
+    with daemon_thread(config) as daemon:
+        wait_until(lambda: len(sidecars(inbox)) == 35, 15, "the new ones sent")
+        rebuilds = daemon.journal.rebuilds
+
+    assert "the journal is damaged" in broken["note"]
+    assert (1, 35) == (rebuilds, len(emulator.submissions()))
+    assert 1 == len(status_of(config)["rebuilt_from"])
+
+
+def test_a_journal_deleted_under_the_running_daemon_comes_back_with_its_rows(
+    tmp_path, inbox, emulator
+):
+    """`rm journal.sqlite3` while `run` runs: within seconds it is written again from what
+    the daemon has open, `status` reads it, and new files go on being sent."""
+    config = config_for(tmp_path, emulator.url, inbox)
+    with daemon_thread(config) as daemon:
+        write_png(inbox / "a.png", 1)
+        wait_until(lambda: (inbox / "a.png.guid").exists(), 10)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{daemon.journal.path}{suffix}").unlink(missing_ok=True)
+        wait_until(lambda: daemon.journal.path.exists(), 10, "written again")
+        report = status_of(config)
+        write_png(inbox / "b.png", 2)
+        wait_until(lambda: (inbox / "b.png.guid").exists(), 10, "still sending")
+
+    assert (True, True, 1) == (
+        report["exists"],
+        report["daemon_running"],
+        report["counts"]["submitted"],
+    )
+
+
+def test_status_on_an_empty_journal_file_exits_0(tmp_path, inbox, emulator):
+    """A 0-byte journal (created, never written): status says so, exit 0."""
+    config = config_for(tmp_path, emulator.url, inbox)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "journal.sqlite3").touch()
+
+    report = status_of(config)
+
+    assert "the journal is empty" in report["note"]
+
+
+@pytest.fixture
+def small_state_dir(tmp_path):
+    """A 1 MiB tmpfs as state_dir: it really fills. Root can mount one; others skip."""
+    state = tmp_path / "state"
+    state.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(state)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield state
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+def test_a_full_state_dir_pauses_and_resumes_without_losing_a_file(
+    tmp_path, inbox, emulator, small_state_dir
+):
+    """state_dir fills up: files wait, each of intake and uploads says so once, the daemon stays
+    up; space comes back and every file is sent."""
+    from structlog.testing import capture_logs
+
+    config = config_for(tmp_path, emulator.url, inbox)
+    filler = small_state_dir / "filler"
+    with capture_logs() as logs, daemon_thread(config) as daemon:
+        write_png(inbox / "before.png", 1)
+        wait_until(lambda: (inbox / "before.png.guid").exists(), 10)
+        with filler.open("wb") as handle, contextlib.suppress(OSError):
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        for i in range(3):
+            write_png(inbox / f"while-full-{i}.png", 10 + i)
+        wait_until(
+            lambda: any(e["event"] == "intake.paused" for e in logs), 10, "paused"
+        )
+        sent_while_full = len(emulator.submissions())
+        alive = daemon.health().started
+        filler.unlink()
+        wait_until(lambda: len(sidecars(inbox)) == 4, 15, "all sent once space is back")
+
+    events = [e["event"] for e in logs]
+    assert (1, True) == (sent_while_full, alive)
+    assert 1 == events.count("intake.paused")
+    assert "intake.resumed" in events
+    assert 4 == len(emulator.submissions())

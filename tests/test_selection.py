@@ -7,7 +7,7 @@ from pathlib import Path, PurePath
 import pytest
 
 from ocrwatch.config import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
-from ocrwatch.selection import is_candidate, regular_file_stat, walk_candidates
+from ocrwatch.selection import candidate_stat, is_candidate, walk_candidates
 
 from .images import write_png
 
@@ -50,16 +50,27 @@ def test_patterns_match_relative_paths():
     assert is_candidate(PurePath("inbox/a.png"), ["*.png"], ["archive/*"])
 
 
-def test_symlink_outside_roots_is_not_followed(tmp_path):
-    """A link to a file outside the watched roots is not a candidate; one inside is."""
+def test_a_link_is_followed_only_inside_the_roots(tmp_path):
+    """A link to a file inside the watched roots is looked at through the link; one to a file
+    outside is looked at as the link itself (it gets an `.error`, never the outside file)."""
+    import stat
+
     root = tmp_path / "root"
     outside = write_png(tmp_path / "outside" / "secret.png")
     inside = write_png(root / "real.png")
     (root / "out.png").symlink_to(outside)
     (root / "in.png").symlink_to(inside)
 
-    assert regular_file_stat(root / "out.png", [root]) is None
-    assert regular_file_stat(root / "in.png", [root]) is not None
+    out, inn = (
+        candidate_stat(root / "out.png", [root]),
+        candidate_stat(root / "in.png", [root]),
+    )
+
+    assert out is not None
+    assert inn is not None
+    assert stat.S_ISLNK(out.st_mode)
+    assert inside.stat().st_ino == inn.st_ino
+    assert candidate_stat(root / "nothing.png", [root]) is None
 
 
 def walk(root, *, recursive):
