@@ -8,6 +8,7 @@ Nothing above this module imports `requests`.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import math
@@ -259,7 +260,7 @@ class OcrClient:
         is opened here.
         """
         own = fd is None
-        fd = _open_image(path) if fd is None else fd
+        fd = open_image(path) if fd is None else fd
         try:
             before = os.fstat(fd)
             image_type = _check_image(fd, before, path)
@@ -430,7 +431,11 @@ def parse_task_result(body: str) -> TaskResult:
     )
 
 
-def _open_image(path: Path) -> int:
+def open_image(path: Path) -> int:
+    """Open a file to read and send it, with one sentence for why it cannot be.
+
+    Raises FileChangedError if it is gone, RejectedError if it can never be read as it is.
+    """
     try:
         # O_NONBLOCK: a FIFO dropped into a folder must not hang a worker on open.
         return os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -445,6 +450,10 @@ def _open_image(path: Path) -> int:
     except IsADirectoryError:
         raise RejectedError("not a file: it is a directory") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RejectedError(
+                "cannot read the file: it is a symbolic link loop"
+            ) from None
         raise RejectedError(f"cannot read the file: {exc.strerror}") from None
 
 

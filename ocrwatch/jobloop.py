@@ -262,7 +262,7 @@ class JobLoop:
         receipt = None if look is None else current_receipt(job.path, look)
         try:
             fd = open_within(job.path, runtime.roots_for(job))
-        except FileNotFoundError:
+        except FileChangedError:
             return rec.gone(job)
         except RejectedError as exc:
             return rec.rejected(job, str(exc), runtime)

@@ -8,7 +8,6 @@ them (a sidecar, a journal state) is decided and recorded by the job loop.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from ocrwatch.client import open_image
 from ocrwatch.completeness import why_incomplete
 from ocrwatch.errors import RejectedError
 from ocrwatch.settings import Settings, shorten
@@ -67,25 +67,9 @@ def open_within(path: Path, roots: Iterable[Path]) -> int:
     a watched folder (`roots` resolved). Whatever a link pointed at when the file settled,
     this descriptor is what is hashed and sent.
 
-    Raises FileNotFoundError if it is gone, RejectedError if it can never be sent as it is.
+    Raises FileChangedError if it is gone, RejectedError if it can never be sent as it is.
     """
-    try:
-        # O_NONBLOCK: a FIFO dropped into a folder must not hang a worker on open.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        if not os.path.lexists(path):
-            raise
-        raise RejectedError(
-            "cannot read the file: it is a dangling symbolic link"
-        ) from None
-    except IsADirectoryError:
-        raise RejectedError("not a file: it is a directory") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise RejectedError(
-                "cannot read the file: it is a symbolic link loop"
-            ) from None
-        raise RejectedError(f"cannot read the file: {exc.strerror}") from None
+    fd = open_image(path)
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import signal
 import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ocrwatch.daemon import Daemon
 from ocrwatch.journal import Entry, Journal
@@ -109,3 +111,18 @@ def journal_entry(state_dir: Path, path: Path) -> Entry | None:
         return journal.lookup([path]).get(str(path))
     finally:
         journal.close()
+
+
+def status_json(config: Path) -> dict[str, Any]:
+    """`ocrwatch status --json`, which must exit 0 whatever the journal's state."""
+    result = subprocess.run(
+        [*OCRWATCH, "status", "-c", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        check=False,
+        timeout=30,
+    )
+    assert 0 == result.returncode, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report

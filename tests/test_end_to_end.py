@@ -10,7 +10,14 @@ import psutil
 import yaml
 
 from .conftest import wait_until, write_config
-from .daemon_harness import in_flight, journal_counts, sidecars, spawn, stop
+from .daemon_harness import (
+    in_flight,
+    journal_counts,
+    sidecars,
+    spawn,
+    status_json,
+    stop,
+)
 from .images import write_png
 
 
@@ -191,11 +198,6 @@ def test_bad_credentials_pause_without_failing_then_sighup_fixes(
 
 def test_status_reports_counts_and_failures(tmp_path, inbox, emulator):
     """status --json after a run shows counts per state and the rejected file with its reason."""
-    import json
-    import subprocess
-
-    from .conftest import OCRWATCH, cli_env
-
     config = write_config(
         tmp_path / "config.yaml",
         emulator.url,
@@ -211,17 +213,8 @@ def test_status_reports_counts_and_failures(tmp_path, inbox, emulator):
     )
     assert 0 == stop(proc)
 
-    result = subprocess.run(
-        [*OCRWATCH, "status", "-c", str(config), "--json"],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        check=False,
-        timeout=30,
-    )
+    report = status_json(config)
 
-    report = json.loads(result.stdout)
-    assert 0 == result.returncode
     assert (1, 1, 0) == (
         report["counts"]["submitted"],
         report["counts"]["rejected"],

@@ -10,14 +10,13 @@ import stat
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from ocrwatch.daemon import Rescan
 
 from .conftest import CLIENT_ID, SECRET, wait_until, write_config
-from .daemon_harness import daemon_thread, sidecars
+from .daemon_harness import daemon_thread, sidecars, status_json
 from .images import write_png
 
 
@@ -350,25 +349,6 @@ def test_an_unreadable_subfolder_is_logged_once(tmp_path, inbox, emulator):
     assert "File name too long" == unreadable[0]["error"]
 
 
-def status_of(config: Path) -> dict[str, Any]:
-    """`ocrwatch status --json`, which must exit 0 whatever the journal's state."""
-    import json
-
-    from .conftest import OCRWATCH, cli_env
-
-    result = subprocess.run(
-        [*OCRWATCH, "status", "-c", str(config), "--json"],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        check=False,
-        timeout=30,
-    )
-    assert 0 == result.returncode, result.stderr
-    report: dict[str, Any] = json.loads(result.stdout)
-    return report
-
-
 @pytest.mark.parametrize("damage", ["header", "truncated"])
 def test_a_damaged_journal_is_rebuilt_and_the_sidecars_say_what_is_done(
     tmp_path, inbox, emulator, damage
@@ -386,7 +366,7 @@ def test_a_damaged_journal_is_rebuilt_and_the_sidecars_say_what_is_done(
             handle.write(b"garbage!" * 16)
     else:
         os.truncate(journal, journal.stat().st_size // 2)
-    broken = status_of(config)
+    broken = status_json(config)
     for i in range(5):
         write_png(inbox / f"new-{i}.png", 100 + i)
 
@@ -396,7 +376,7 @@ def test_a_damaged_journal_is_rebuilt_and_the_sidecars_say_what_is_done(
 
     assert "the journal is damaged" in broken["note"]
     assert (1, 35) == (rebuilds, len(emulator.submissions()))
-    assert 1 == len(status_of(config)["rebuilt_from"])
+    assert 1 == len(status_json(config)["rebuilt_from"])
 
 
 def test_a_journal_deleted_under_the_running_daemon_comes_back_with_its_rows(
@@ -411,7 +391,7 @@ def test_a_journal_deleted_under_the_running_daemon_comes_back_with_its_rows(
         for suffix in ("", "-wal", "-shm"):
             Path(f"{daemon.journal.path}{suffix}").unlink(missing_ok=True)
         wait_until(lambda: daemon.journal.path.exists(), 10, "written again")
-        report = status_of(config)
+        report = status_json(config)
         write_png(inbox / "b.png", 2)
         wait_until(lambda: (inbox / "b.png.guid").exists(), 10, "still sending")
 
@@ -428,7 +408,7 @@ def test_status_on_an_empty_journal_file_exits_0(tmp_path, inbox, emulator):
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / "journal.sqlite3").touch()
 
-    report = status_of(config)
+    report = status_json(config)
 
     assert "the journal is empty" in report["note"]
 
