@@ -19,6 +19,7 @@ from ocrwatch import __version__
 from ocrwatch.config import Config, config_path, load_config, load_settings
 from ocrwatch.errors import ConfigError, OcrwatchError
 from ocrwatch.journal import STATES, Journal
+from ocrwatch.journalfile import recent_rebuilds
 from ocrwatch.lifecycle import is_running
 from ocrwatch.log import configure_logging
 from ocrwatch.profiles import resolve_profile
@@ -266,11 +267,7 @@ def status_report(config: Config) -> dict[str, Any]:
         "journal": str(path),
         "exists": path.exists(),
         "daemon_running": is_running(config.state_dir),
-        "rebuilt_from": sorted(
-            str(p)
-            for p in config.state_dir.glob(f"{path.name}.corrupt-*")
-            if not p.name.endswith(("-wal", "-shm"))
-        )[-5:],
+        "rebuilds": recent_rebuilds(path),
         "counts": dict.fromkeys(STATES, 0),
         "queue_depth": 0,
         "held": 0,
@@ -328,8 +325,8 @@ def print_status(report: dict[str, Any]) -> None:
     print(f"daemon: {'running' if report['daemon_running'] else 'not running'}")
     if note := report.get("note"):
         print(note)
-    for kept in report["rebuilt_from"]:
-        print(f"rebuilt: the damaged journal was kept as {kept}")
+    for line in report["rebuilds"]:
+        print(f"journal rebuilt: {line}")
     print("  ".join(f"{state}: {n}" for state, n in report["counts"].items()))
     print(f"queue depth: {report['queue_depth']} (held: {report['held']})")
     if report["held_files"]:

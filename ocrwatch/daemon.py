@@ -107,6 +107,7 @@ class Daemon:
         )
         self._started = False
         self._rebuilds_seen = journal.rebuilds
+        self._journal_trouble: str | None = None
 
     @classmethod
     @contextlib.contextmanager
@@ -120,7 +121,7 @@ class Daemon:
         """Load the config, take the state_dir's lock and open its journal, for one `run()`."""
         config, credentials = load_settings(config_path, env)
         with state_lock(config.state_dir):
-            journal = Journal(config.journal_path)
+            journal = Journal(config.journal_path, heal=True)
             try:
                 yield cls(config_path, env, config, credentials, journal, clock=clock)
             finally:
@@ -152,7 +153,11 @@ class Daemon:
             return self._shutdown()
 
     def _start(self) -> None:
-        resumed = self.loop.resume_orphans()
+        try:
+            resumed = self.loop.resume_orphans()
+        except JournalError as exc:  # a full state_dir: the daemon starts and waits
+            log.error("journal.resume_failed", error=str(exc))
+            resumed = 0
         folders = self.loop.runtime.folders
         self.watchers.apply(folders)
         self.loop.start()
@@ -199,7 +204,11 @@ class Daemon:
         try:
             self.journal.check_file()
         except JournalError as exc:
-            log.error("journal.unusable", error=str(exc))
+            if str(exc) != self._journal_trouble:  # said once, not every second
+                self._journal_trouble = str(exc)
+                log.error("journal.unusable", error=str(exc))
+        else:
+            self._journal_trouble = None
         if self.journal.rebuilds != self._rebuilds_seen:
             self._rebuilds_seen = self.journal.rebuilds
             for root in self.loop.runtime.folders:
@@ -292,5 +301,9 @@ class Daemon:
                 timeout_s=self.config.shutdown_timeout,
                 note="unfinished uploads are resent at the next start",
             )
-        log.info("daemon.stopped", counts=self.journal.counts())
+        try:
+            counts: dict[str, int] | str = self.journal.counts()
+        except JournalError as exc:
+            counts = str(exc)
+        log.info("daemon.stopped", counts=counts)
         return 0

@@ -61,7 +61,8 @@ class Intake:
         self._on_override_edit = on_override_edit
         self._tracker = SettleTracker()
         self._override_edits: dict[Path, float] = {}  # .ocrwatch.yaml -> release at
-        self._unnoted: list[Job] = []  # settled, waiting for the journal to take them
+        # Settled, waiting for the journal to take them (a full state_dir), by path.
+        self._unnoted: dict[Path, Job] = {}
         self._retry_journal_at = 0.0
         self._journal_down = False
 
@@ -106,7 +107,7 @@ class Intake:
     def add_found(self, found: Found, now: float) -> None:
         path = Path(found.path)
         root = deepest_root(path, self._folders)
-        if root is None or path in self._tracker:
+        if root is None or path in self._tracker or path in self._unnoted:
             return
         # A file found by a scan has been quiet since its mtime: one more look decides.
         quiet_since = min(now, found.mtime_ns / 1e9)
@@ -119,29 +120,28 @@ class Intake:
         """Queue the files whose quiet period is over and that still look the same."""
         if self._override_edits:
             self._release_edited_overrides(now)
-        settled = self._unnoted
         for path, root in self._tracker.due(now):
             look = self._look(path)
             readable = look is not None and is_readable(path)
             verdict = self._tracker.confirm(path, look, now, readable=readable)
             if verdict is Verdict.SETTLED and look is not None:
-                settled.append(Job(path, root, look.size, look.mtime_ns))
-        if not settled or now < self._retry_journal_at:
+                self._unnoted[path] = Job(path, root, look.size, look.mtime_ns)
+        if not self._unnoted or now < self._retry_journal_at:
             return
         try:
-            queued = self._journal.note_many(settled, now)
+            queued = self._journal.note_many(self._unnoted.values(), now)
         except JournalError as exc:
             # A full (or failing) state_dir: the files wait here, and on disk, until it can
             # take them again. Said once, not at every tick.
-            self._unnoted, self._retry_journal_at = settled, now + JOURNAL_RETRY_S
+            self._retry_journal_at = now + JOURNAL_RETRY_S
             if not self._journal_down:
                 self._journal_down = True
-                log.error("intake.paused", error=str(exc), waiting=len(settled))
+                log.error("intake.paused", error=str(exc), waiting=len(self._unnoted))
             return
         if self._journal_down:
             self._journal_down = False
             log.info("intake.resumed", queued=len(queued))
-        self._unnoted = []
+        self._unnoted = {}
         if queued:
             self._on_queued()
         for job in queued:
@@ -173,8 +173,12 @@ class Intake:
     def _release_edited_overrides(self, now: float) -> None:
         due = [path for path, at in self._override_edits.items() if at <= now]
         for path in due:
+            try:
+                released = self._journal.release_held(path.parent, now)
+            except JournalError:
+                self._override_edits[path] = now + JOURNAL_RETRY_S  # tried again soon
+                continue
             del self._override_edits[path]
-            released = self._journal.release_held(path.parent, now)
             if released:
                 log.info("profile.override_changed", path=str(path), released=released)
                 self._on_queued()

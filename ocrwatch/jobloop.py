@@ -66,6 +66,7 @@ class JobLoop:
         one_shot: bool = False,
     ) -> None:
         self._journal = journal
+        journal.in_flight = self.in_flight_jobs
         self._runtime = runtime
         self._clock = clock
         # `one_shot` (`submit`): a file that is not ready is reported, not waited for.
@@ -77,7 +78,7 @@ class JobLoop:
         self._size = 0
         self._stopping = False
         self._threads: dict[int, threading.Thread] = {}
-        self._in_flight: set[Path] = set()
+        self._in_flight: dict[Path, Job] = {}
         self._paused_until = 0.0
         self._journal_down = False
         # Uploads the journal could not record (it failed): their receipt until it can.
@@ -174,7 +175,12 @@ class JobLoop:
 
     def _begin(self, job: Job) -> None:
         with self._cond:
-            self._in_flight.add(job.path)
+            self._in_flight[job.path] = job
+
+    def in_flight_jobs(self) -> list[Job]:
+        """The jobs being processed now (a rebuilt journal gets their claims back)."""
+        with self._cond:
+            return list(self._in_flight.values())
 
     def process(self, job: Job) -> Result:
         """Take a claimed job to its end: sent and recorded, or back in the queue with a reason.
@@ -195,7 +201,7 @@ class JobLoop:
             )
         finally:
             with self._cond:
-                self._in_flight.discard(job.path)
+                self._in_flight.pop(job.path, None)
 
     def _work(self, slot: int) -> None:
         while True:
@@ -207,7 +213,8 @@ class JobLoop:
             try:
                 if self.step() is None:
                     self._idle(generation)
-                self._journal_is_back()
+                else:  # a claim was written: the journal takes writes again
+                    self._journal_is_back()
             except JournalError as exc:
                 # A full or failing state_dir: uploads pause, said once by the first worker
                 # to meet it. A claimed job stays `submitting` until `resume_orphans`.

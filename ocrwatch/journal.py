@@ -11,24 +11,20 @@ of a process that is gone are put back.
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
 import functools
 import math
 import os
 import re
 import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import structlog
 
-from ocrwatch.errors import JournalError
+from ocrwatch.journalfile import JournalFile
 from ocrwatch.log import redact_text
 
 log = structlog.get_logger()
@@ -79,6 +75,12 @@ CLAIM_SQL: Final = (
     " AND held=0 AND next_attempt_at <= ? ORDER BY next_attempt_at, created_at LIMIT 1)"
     " RETURNING path, root, size, mtime_ns, attempts, profile"
 )
+# A claim written back into a rebuilt journal.
+RESEED_SQL: Final = (
+    "INSERT INTO files(path, root, size, mtime_ns, state, profile, claimed_by, created_at,"
+    " updated_at) VALUES (?, ?, ?, ?, 'submitting', ?, ?, ?, ?)"
+    " ON CONFLICT(path) DO UPDATE SET state='submitting', claimed_by=excluded.claimed_by"
+)
 # One file claimed by path (`submit`): a new row, or one that is neither in flight elsewhere
 # nor submitted with this very content.
 CLAIM_FILE_SQL: Final = (
@@ -95,10 +97,6 @@ CLAIM_FILE_SQL: Final = (
 )
 LOOKUP_BATCH: Final = 500
 TEXT_MAX: Final = 500  # a reason longer than this is cut: it is shown, not parsed
-BUSY_TIMEOUT_S: Final = 5.0
-SQLITE_CORRUPT: Final = 11
-SQLITE_FULL: Final = 13
-SQLITE_NOTADB: Final = 26
 ENTRY_COLUMNS: Final = "path, size, mtime_ns, state, guid, attempts, next_attempt_at, last_error, held, updated_at, sha256"
 
 
@@ -138,215 +136,47 @@ class Entry:
 class Journal:
     """One SQLite connection shared by the daemon's threads behind a lock."""
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(
+        self, path: Path, *, readonly: bool = False, heal: bool = False
+    ) -> None:
+        """`heal`: move a damaged file aside and rebuild it; only for `run`, which holds
+        the state_dir lock."""
         self.path = path
-        self.readonly = readonly
-        self._lock = threading.Lock()
-        # How often it was found damaged (or deleted) and rebuilt: the daemon then rescans,
-        # so that the sidecars tell what is done.
-        self.rebuilds = 0
-        self._inode: int | None = None  # of the file opened: a replaced file is noticed
-        self._db = self._open()
+        self._file = JournalFile(path, MIGRATIONS, readonly=readonly, heal=heal)
+        self._file.on_rebuilt = self._reseed
+        # Claims to write back into a rebuilt journal: the uploads in flight right now, so
+        # that the rescan after a rebuild cannot queue and send one of them again.
+        self.in_flight: Callable[[], Iterable[Job]] = lambda: ()
 
-    def _open(self) -> sqlite3.Connection:
-        try:
-            return self._connect()
-        except sqlite3.DatabaseError as exc:
-            if not _is_damage(exc):
-                raise self._cannot_open(exc) from None
-            if self.readonly:
-                raise self._damaged(exc) from None
-            self._move_aside(str(exc))
-        except OSError as exc:
-            raise self._cannot_open(exc) from None
-        try:
-            return self._connect()
-        except (sqlite3.Error, OSError) as exc:
-            raise self._cannot_open(exc) from None
+    @property
+    def rebuilds(self) -> int:
+        return self._file.rebuilds
 
-    def _damaged(self, exc: BaseException) -> JournalError:
-        return JournalError(
-            f"{self.path}: the journal is damaged ({exc}); `ocrwatch run` moves it aside and "
-            "rebuilds it from the sidecars at its next start"
-        )
-
-    def _cannot_open(self, exc: BaseException) -> JournalError:
-        return JournalError(
-            f"{self.path}: cannot open the journal ({exc}); check that state_dir exists "
-            "and the service user may write to it"
-        )
-
-    def _connect(self) -> sqlite3.Connection:
-        if self.readonly:
-            db = sqlite3.connect(
-                f"file:{self.path}?mode=ro",
-                uri=True,
-                check_same_thread=False,
-                isolation_level=None,
-            )
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(
-                self.path, check_same_thread=False, isolation_level=None
-            )
-        try:
-            # First, so that a `submit` opening the journal while `run` writes waits its turn.
-            db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-            db.execute(
-                "SELECT count(*) FROM sqlite_master"
-            )  # reads the header: is it SQLite?
-            if not self.readonly:
-                _use_wal(db)
-                db.execute("PRAGMA synchronous=NORMAL")
-                self._migrate(db)
-                [[verdict], *_] = db.execute("PRAGMA quick_check(1)").fetchall()
-                if verdict != "ok":
-                    raise sqlite3.DatabaseError(
-                        f"database disk image is malformed: {verdict}"
-                    )
-            self._inode = self.path.stat().st_ino if self.path.exists() else None
-        except BaseException:
-            db.close()
-            raise
-        return db
-
-    def _move_aside(self, why: str) -> Path:
-        """Keep a damaged journal for a post-mortem, under a name that says when and why."""
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-        kept = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                Path(f"{self.path}{suffix}").rename(f"{kept}{suffix}")
-        self.rebuilds += 1
-        log.error(
-            "journal.rebuilt",
-            path=str(self.path),
-            reason=why,
-            damaged_copy=str(kept),
-            note="files with a current sidecar count as done; the others are sent",
-        )
-        return kept
+    @property
+    def rebuild_log(self) -> Path:
+        return self._file.rebuild_log
 
     def check_file(self) -> None:
-        """Rebuild the journal if its file was deleted or replaced under us; the rows we have
-        open are copied into the new one. The daemon calls this once a second."""
-        if self.readonly:
-            return
-        try:
-            same = self.path.stat().st_ino == self._inode
-        except FileNotFoundError:
-            same = False
-        if same:
-            return
-        with self._lock:
-            fresh = Path(f"{self.path}.rebuilding")
-            with contextlib.suppress(FileNotFoundError):
-                fresh.unlink()
-            try:
-                self._db.execute("VACUUM INTO ?", (str(fresh),))
-                self._db.close()
-                fresh.replace(self.path)
-                self._db = self._connect()
-            except (sqlite3.Error, OSError) as exc:
-                raise JournalError(
-                    f"{self.path}: the journal file went away and cannot be written again "
-                    f"({exc}); check state_dir"
-                ) from None
-            self.rebuilds += 1
-        log.error(
-            "journal.rebuilt",
-            path=str(self.path),
-            reason="the journal file was deleted or replaced while ocrwatch ran",
-            rows_kept=True,
-        )
+        self._file.check()
+
+    def rebuild(self, why: str) -> None:
+        """Move the file aside and start an empty one, as damage found by a query does."""
+        self._file.rebuild(why)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._file.close()
 
-    def _migrate(self, db: sqlite3.Connection) -> None:
-        """Bring the schema up to date, in one transaction that reads the version first.
-
-        `run` and `submit` may open a fresh journal at the same moment: the second waits for the
-        first and then finds nothing left to do.
-        """
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > len(MIGRATIONS):
-                raise JournalError(
-                    f"{self.path}: journal schema {version} is newer than this ocrwatch understands; upgrade ocrwatch"
-                )
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in filter(str.strip, script.split(";")):
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version={number}")
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                yield self._db
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback()
-                raise self._failed(exc) from None
-            except BaseException:
-                self._rollback()
-                raise
-
-    def _failed(self, exc: sqlite3.Error) -> JournalError:
-        """The error to raise, with the lock held: a damaged journal is rebuilt first."""
-        damage = isinstance(exc, sqlite3.DatabaseError) and _is_damage(exc)
-        if damage and self.readonly:
-            return self._damaged(exc)
-        if damage:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.close()
-            self._move_aside(str(exc))
-            try:
-                self._db = self._connect()
-            except (sqlite3.Error, OSError) as again:
-                return self._cannot_open(again)
-            return JournalError(
-                f"{self.path}: the journal was damaged ({exc}); rebuilt"
+    def _reseed(self, db: sqlite3.Connection) -> None:
+        now = time.time()
+        for job in self.in_flight():
+            params = (
+                _key(job.path),
+                _key(job.root),
+                job.size,
+                job.mtime_ns,
+                job.profile,
             )
-        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == SQLITE_FULL:
-            return JournalError(
-                f"{self.path}: state_dir is full ({exc}); files wait on disk until there "
-                "is space again"
-            )
-        return JournalError(
-            f"{self.path}: journal write failed ({exc}); check the disk under state_dir"
-        )
-
-    def _rollback(self) -> None:
-        if self._db.in_transaction:
-            self._db.execute("ROLLBACK")
-
-    def _write(self, sql: str, params: tuple[object, ...]) -> list[sqlite3.Row]:
-        """One statement, which SQLite makes atomic on its own: no BEGIN/COMMIT round trips.
-
-        All rows are fetched, because an UPDATE ... RETURNING is not done before that.
-        """
-        with self._lock:
-            try:
-                return self._db.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise self._failed(exc) from None
-
-    def _query(self, sql: str, params: Iterable[object] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            try:
-                return list(self._db.execute(sql, tuple(params)))
-            except sqlite3.Error as exc:
-                raise self._failed(exc) from None
+            db.execute(RESEED_SQL, (*params, this_process(), now, now))
 
     def note_many(self, jobs: Iterable[Job], now: float) -> list[Job]:
         """Queue settled files in one transaction (a burst settles together); returns the queued.
@@ -354,7 +184,7 @@ class Journal:
         A file already queued, in flight, or done with this very content is not queued again.
         """
         queued = []
-        with self._tx() as db:
+        with self._file.tx() as db:
             for job in jobs:
                 if self._note(db, job, now):
                     queued.append(job)
@@ -412,7 +242,7 @@ class Journal:
 
     def _lookup_batch(self, batch: list[str], found: dict[str, Entry]) -> None:
         marks = ",".join("?" * len(batch))
-        for row in self._query(
+        for row in self._file.query(
             f"SELECT {ENTRY_COLUMNS} FROM files WHERE path IN ({marks})", batch
         ):
             entry = _entry(row)
@@ -420,7 +250,7 @@ class Journal:
 
     def claim(self, now: float) -> Job | None:
         """Take the next due file for submission, or None if nothing is due."""
-        return _job(self._write(CLAIM_SQL, (this_process(), now, now)))
+        return _job(self._file.write(CLAIM_SQL, (this_process(), now, now)))
 
     def claim_file(self, job: Job, now: float) -> Job | None:
         """Take this one file for submission (`submit`), recording it if it is new.
@@ -428,12 +258,14 @@ class Journal:
         None if another process has it in flight, or it was submitted with this content already.
         """
         params = (_key(job.path), _key(job.root), job.size, job.mtime_ns, job.profile)
-        return _job(self._write(CLAIM_FILE_SQL, (*params, this_process(), now, now)))
+        return _job(
+            self._file.write(CLAIM_FILE_SQL, (*params, this_process(), now, now))
+        )
 
     def _set(
         self, path: Path, now: float, sql: str, params: tuple[object, ...]
     ) -> None:
-        self._write(
+        self._file.write(
             f"UPDATE files SET {sql}, updated_at=? WHERE path=?",
             (*params, now, _key(path)),
         )
@@ -472,7 +304,7 @@ class Journal:
         False: use, or wait for, its GUID). One statement, so two twins never both pass."""
         # A GUID the row kept from earlier content no longer describes it: dropped here, so
         # that it is never reused for this content.
-        rows = self._write(
+        rows = self._file.write(
             "UPDATE files SET sha256=?1, settings_key=?2,"
             " guid=CASE WHEN sha256=?1 AND settings_key=?2 THEN guid END,"
             " accepted_at=CASE WHEN sha256=?1 AND settings_key=?2 THEN accepted_at END"
@@ -488,7 +320,7 @@ class Journal:
         self, sha256: str, settings_key: str, *, besides: Path
     ) -> list[tuple[Path, str]]:
         """(path, GUID) of every other file submitted with this content and these settings."""
-        rows = self._query(
+        rows = self._file.query(
             "SELECT path, guid FROM files WHERE sha256=? AND settings_key=?"
             " AND state='submitted' AND guid IS NOT NULL AND path != ?",
             (sha256, settings_key, _key(besides)),
@@ -500,7 +332,7 @@ class Journal:
     ) -> tuple[Path, str, float] | None:
         """(path, GUID, accepted at) of this content sent with these settings since `since`:
         by another file, or by `own` before (a file whose time alone changed, `touch`)."""
-        rows = self._query(
+        rows = self._file.query(
             "SELECT path, guid, accepted_at FROM files WHERE sha256=? AND settings_key=?"
             " AND (state='submitted' OR path=?) AND guid IS NOT NULL AND accepted_at >= ?"
             " ORDER BY path=? DESC, accepted_at DESC LIMIT 1",
@@ -513,7 +345,7 @@ class Journal:
     ) -> None:
         """Done by a current `.guid` found beside the file. If ocrwatch gave this GUID to this
         path, the row keeps what makes it a dedupe source; a GUID from elsewhere does not."""
-        self._write(
+        self._file.write(
             "UPDATE files SET state='submitted', size=?2, mtime_ns=?3,"
             " sha256=CASE WHEN guid=?1 THEN sha256 END,"
             " settings_key=CASE WHEN guid=?1 THEN settings_key END,"
@@ -568,16 +400,19 @@ class Journal:
         self._set(path, now, "state='queued', held=1, last_error=?", (_text(reason),))
 
     def release_held(self, under: Path, now: float) -> int:
-        with self._tx() as db:
+        # A range, not LIKE: LIKE stops at the NUL in an escaped name (see `_key`).
+        low = _key(under).rstrip("/") + "/"
+        high = low[:-1] + "0"  # the character after "/"
+        with self._file.tx() as db:
             cursor = db.execute(
                 "UPDATE files SET held=0, last_error=NULL, next_attempt_at=0, updated_at=? "
-                "WHERE held=1 AND (path LIKE ? ESCAPE '\\')",
-                (now, _like_prefix(under)),
+                "WHERE held=1 AND path >= ? AND path < ?",
+                (now, low, high),
             )
             return cursor.rowcount
 
     def forget(self, path: Path) -> None:
-        self._write("DELETE FROM files WHERE path=?", (_key(path),))
+        self._file.write("DELETE FROM files WHERE path=?", (_key(path),))
 
     def resume(self, now: float, *, in_flight: Iterable[Path] = ()) -> int:
         """Put back in the queue what a process that is gone left in flight (a crash, a kill).
@@ -586,7 +421,7 @@ class Journal:
         could not be recorded); rows of another live process (`submit` beside `run`) stay.
         """
         mine, keep = this_process(), {_key(p) for p in in_flight}
-        with self._tx() as db:
+        with self._file.tx() as db:
             rows = db.execute(
                 "SELECT path, claimed_by FROM files WHERE state='submitting'"
             ).fetchall()
@@ -604,20 +439,22 @@ class Journal:
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)
-        for state, n in self._query("SELECT state, COUNT(*) FROM files GROUP BY state"):
+        for state, n in self._file.query(
+            "SELECT state, COUNT(*) FROM files GROUP BY state"
+        ):
             counts[state] = n
         return counts
 
     def is_empty(self) -> bool:
         """No table yet: a journal file that was created and never written (0 bytes)."""
-        rows = self._query("SELECT count(*) FROM sqlite_master WHERE name='files'")
+        rows = self._file.query("SELECT count(*) FROM sqlite_master WHERE name='files'")
         return int(rows[0][0]) == 0
 
     def held_count(self) -> int:
-        return int(self._query("SELECT COUNT(*) FROM files WHERE held=1")[0][0])
+        return int(self._file.query("SELECT COUNT(*) FROM files WHERE held=1")[0][0])
 
     def next_due_at(self) -> float:
-        rows = self._query(
+        rows = self._file.query(
             "SELECT MIN(next_attempt_at) FROM files WHERE state IN ('queued','failed') AND held=0"
         )
         value = rows[0][0]
@@ -629,7 +466,7 @@ class Journal:
         """The latest rows in `states`; with `held`, only the held ones (of any state)."""
         wanted = tuple(states)
         marks = ",".join("?" * len(wanted))
-        rows = self._query(
+        rows = self._file.query(
             f"SELECT {ENTRY_COLUMNS} FROM files WHERE state IN ({marks})"
             f"{' AND held=1' if held else ''} ORDER BY updated_at DESC LIMIT ?",
             (*wanted, limit),
@@ -651,13 +488,6 @@ def _job(rows: list[sqlite3.Row]) -> Job | None:
     return Job(
         Path(_unkey(path)), Path(_unkey(root)), size, mtime_ns, attempts, profile
     )
-
-
-def _like_prefix(directory: Path) -> str:
-    escaped = (
-        _key(directory).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    )
-    return escaped.rstrip("/") + "/%"
 
 
 # A name that is not valid UTF-8 comes from os.fsdecode with its odd bytes as lone surrogates,
@@ -735,31 +565,3 @@ def _start_time(pid: int) -> str:
     except OSError:
         return "?"
     return stat[stat.rindex(")") + 2 :].split()[19]
-
-
-def _use_wal(db: sqlite3.Connection) -> None:
-    """Switch to WAL, waiting for another process that is switching a fresh journal.
-
-    This pragma fails at once with "locked", without the busy handler, while another
-    connection converts the file; it is retried for as long as busy_timeout would wait.
-    """
-    deadline = time.monotonic() + BUSY_TIMEOUT_S
-    while True:
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-
-
-def _is_damage(exc: sqlite3.DatabaseError) -> bool:
-    """SQLITE_CORRUPT or SQLITE_NOTADB: a damaged file, not a busy or full one."""
-    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-    text = str(exc)
-    return (
-        code in (SQLITE_CORRUPT, SQLITE_NOTADB)
-        or "malformed" in text
-        or "not a database" in text
-    )

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ocrwatch.daemon import Rescan
+from ocrwatch.emulator import Emulator
 
 from .conftest import CLIENT_ID, SECRET, wait_until, write_config
 from .daemon_harness import daemon_thread, sidecars, status_json
@@ -376,7 +377,38 @@ def test_a_damaged_journal_is_rebuilt_and_the_sidecars_say_what_is_done(
 
     assert "the journal is damaged" in broken["note"]
     assert (1, 35) == (rebuilds, len(emulator.submissions()))
-    assert 1 == len(status_json(config)["rebuilt_from"])
+    [rebuilt] = status_json(config)["rebuilds"]
+    assert "the damaged file is kept as journal.sqlite3.corrupt-" in rebuilt
+
+
+def test_a_journal_rebuilt_while_an_upload_is_in_flight_does_not_send_it_twice(
+    tmp_path, inbox
+):
+    """Damage found mid-upload: the fresh journal gets the claims in flight back, so the
+    rescan that follows the rebuild cannot queue that file for the second worker."""
+    with Emulator(client_id=CLIENT_ID, client_secret=SECRET, latency_s=1.5) as slow:
+        config = config_for(
+            tmp_path, slow.url, inbox, api={"base_url": slow.url, "concurrency": 2}
+        )
+        with daemon_thread(config) as daemon:
+            write_png(inbox / "a.png", 1)
+            wait_until(
+                lambda: daemon.journal.counts()["submitting"] == 1, 10, "claimed"
+            )
+            scans = daemon.health().scans_finished
+            daemon.journal.rebuild("test: damage found mid-upload")
+            wait_until(lambda: daemon.health().scans_finished > scans, 10, "rescanned")
+            still_in_flight = not (inbox / "a.png.guid").exists()
+            wait_until(lambda: (inbox / "a.png.guid").exists(), 10, "sent")
+            daemon.items.put(Rescan(inbox, "test: another look"))
+            wait_until(
+                lambda: daemon.health().scans_finished > scans + 1, 10, "rescanned"
+            )
+            counts = daemon.journal.counts()
+        submissions = len(slow.submissions())
+
+    assert (True, 1) == (still_in_flight, submissions)
+    assert 1 == counts["submitted"]
 
 
 def test_a_journal_deleted_under_the_running_daemon_comes_back_with_its_rows(
