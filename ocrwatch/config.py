@@ -399,6 +399,12 @@ def load_yaml(path: Path, *, max_bytes: int = CONFIG_MAX_BYTES) -> object:
         ) from None
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply; fix the file") from None
+    except (ValueError, OverflowError, TypeError) as exc:
+        # A value YAML recognises but Python cannot build: a date like 2024-99-99, an integer
+        # of more than 4300 digits.
+        raise ConfigError(
+            f"{path}: a value cannot be read ({shorten(str(exc))}); quote it or fix it"
+        ) from None
 
 
 def parse_config(data: object, source: str) -> Config:

@@ -4,8 +4,9 @@ a size limit, with requests' errors turned into one sentence.
 requests' own read timeout is per read, so a server that sends one byte every two seconds would
 hold an upload thread for ever, and a 10 MB "answer" would be read to the end. Here the body is
 streamed: it must be complete within the read timeout from when its headers arrived, and no
-larger than the caller allows. Header lines are bounded by the read timeout each, and their
-number by http.client.
+larger than the caller allows. What is not bounded as a whole: the headers (each line must come
+within the read timeout, and http.client allows at most 100 of them, so a few minutes at worst)
+and the sending of the body (each send must progress within the connect timeout).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 
 from ocrwatch.errors import TransientApiError
 
@@ -53,6 +55,12 @@ def call(
             return Answer(response.status_code, response.headers, body)
     except requests.RequestException as exc:
         raise TransientApiError(unreachable(exc, what, url)) from None
+    except urllib3.exceptions.HTTPError as exc:
+        # Reading the streamed body raises urllib3's own errors, not requests' wrappers.
+        host = urlsplit(url).netloc
+        raise TransientApiError(
+            f"{what} at {host}: the answer broke off ({type(exc).__name__})"
+        ) from None
 
 
 def _read(

@@ -44,6 +44,21 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.write(bytes([byte]))
                     self.wfile.flush()
                     time.sleep(1.0)
+        elif mode in ("stall", "cut", "bad-gzip"):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", "36")
+            if mode == "bad-gzip":
+                self.send_header("Content-Encoding", "gzip")
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                if mode == "bad-gzip":
+                    self.wfile.write(b"this is not gzip, 36 bytes of it...")
+                self.wfile.write(b"a197aade-b")  # then silence, or the end of the line
+                self.wfile.flush()
+                if mode == "stall":
+                    time.sleep(8.0)
+            self.close_connection = True
         elif mode == "big":
             with contextlib.suppress(OSError):
                 self._answer(200, "text/plain", b"x" * (10 << 20))

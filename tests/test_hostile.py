@@ -86,10 +86,11 @@ def queue_one(journal, path: Path) -> None:
     journal.note_many([Job(path, path.parent, st.st_size, st.st_mtime_ns)], 0.0)
 
 
-@pytest.mark.parametrize("mode", ["drip", "big"])
+@pytest.mark.parametrize("mode", ["drip", "big", "stall", "cut", "bad-gzip"])
 def test_a_dripping_or_endless_answer_has_a_deadline(tmp_path, mode):
-    """A 200 whose body comes a byte a second, or runs to 10 MB: the upload gives up within
-    its read timeout, says why, and the file is retried later."""
+    """A 200 whose body comes a byte a second, runs to 10 MB, stops halfway, is cut short or
+    is not the gzip it claims: the upload gives up within its read timeout, says why, and the
+    file is retried later."""
     from ocrwatch.outcome import Outcome
 
     from .hostile_server import hostile_service, url_of
@@ -110,6 +111,9 @@ def test_a_dripping_or_endless_answer_has_a_deadline(tmp_path, mode):
     expected = {
         "drip": "did not finish its answer in time",
         "big": "sent an answer larger than 1024 KiB",
+        "stall": "the answer broke off (ReadTimeoutError)",
+        "cut": "the answer broke off (ProtocolError)",
+        "bad-gzip": "the answer broke off (DecodeError)",
     }[mode]
     assert expected in (result.error or "")
 

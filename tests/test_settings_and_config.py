@@ -215,6 +215,16 @@ class TestParseConfig:
             pytest.param(
                 "- just\n- a list\n", "must be a YAML mapping", id="not-mapping"
             ),
+            pytest.param(
+                "folders: []\nnote: 2024-99-99\n",
+                "a value cannot be read (month must be in 1..12); quote it",
+                id="impossible-date",
+            ),
+            pytest.param(
+                f"folders: []\nnote: {'9' * 5000}\n",
+                "a value cannot be read (Exceeds the limit",
+                id="huge-integer",
+            ),
         ],
     )
     def test_unparseable_yaml_is_a_config_error(self, tmp_path, capsys, text, fragment):
