@@ -39,6 +39,7 @@ from ocrwatch.preflight import (
     open_within,
 )
 from ocrwatch.runtime import AUTH_RETRY_S, Runtime
+from ocrwatch.selection import candidate_stat
 from ocrwatch.settle import Look
 from ocrwatch.sidecar import Kind, why_unwritable
 
@@ -261,7 +262,9 @@ class JobLoop:
         profile = runtime.profile_for(job)
         if profile is None:
             return rec.unconfigured(job)
-        look = look_at(job.path)
+        # Looked at as it settled: a link that leads out of the watched folders as the link.
+        st = candidate_stat(job.path, runtime.roots_for(job))
+        look = None if st is None else Look(st.st_size, st.st_mtime_ns)
         if look is not None and look != Look(job.size, job.mtime_ns):
             return rec.unsettled(job, look, runtime, "it changed after it settled")
         if look is not None and (pending := self._unrecorded.get(job.path)) is not None:

@@ -273,12 +273,13 @@ class Recorder:
         except SidecarError as exc:
             log.error("sidecar.write_failed", path=str(job.path), error=str(exc))
             reason = f"{reason} (no .error: {exc})"
-        look = look_at(job.path) or Look(job.size, job.mtime_ns)
+        # The look it settled with (a link out is looked at as the link, not its target): a
+        # rescan finds it the same and leaves it; one changed since is examined again.
         self._journal.mark_rejected(
             job.path,
             reason=reason,
-            size=look.size,
-            mtime_ns=look.mtime_ns,
+            size=job.size,
+            mtime_ns=job.mtime_ns,
             now=self._clock(),
         )
         log.warning("job.rejected", path=str(job.path), error=reason)

@@ -20,7 +20,7 @@ from typing import Final
 from ocrwatch.client import open_image
 from ocrwatch.completeness import why_incomplete
 from ocrwatch.errors import RejectedError
-from ocrwatch.settings import Settings, shorten
+from ocrwatch.settings import Settings
 from ocrwatch.settle import Look
 from ocrwatch.sidecar import (
     Kind,
@@ -62,15 +62,34 @@ def current_receipt(path: Path, look: Look) -> Receipt | None:
     return Receipt(Kind.ERROR, text or "rejected")
 
 
+LINK_OUT: Final = "not sent: it is a symbolic link that does not lead to a file in the watched folders"
+
+
 def open_within(path: Path, roots: Iterable[Path]) -> int:
-    """Open the file to send, once, and check what was opened: a regular file, really inside
-    a watched folder (`roots` resolved). Whatever a link pointed at when the file settled,
+    """Open the file to send, once, and check what was opened: really inside a watched folder
+    (`roots` resolved), then a regular file. Whatever a link pointed at when the file settled,
     this descriptor is what is hashed and sent.
+
+    A link that leads out of the watched folders, nowhere, or round in a loop gets one and the
+    same reason, which names no target: an `.error` must not tell a user of a shared folder
+    what exists elsewhere on the server. Such a link is not even opened (opening some devices
+    does something); the descriptor's real path is checked again after the open, for a link
+    swapped in between.
 
     Raises FileChangedError if it is gone, RejectedError if it can never be sent as it is.
     """
+    roots = list(roots)
+    if path.is_symlink():
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            raise RejectedError(LINK_OUT) from None
+        if not _within(target, roots):
+            raise RejectedError(LINK_OUT)
     fd = open_image(path)
     try:
+        if not _within(Path(f"/proc/self/fd/{fd}").readlink(), roots):
+            raise RejectedError(LINK_OUT)
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             raise RejectedError("not a file: it is a directory")
@@ -78,16 +97,14 @@ def open_within(path: Path, roots: Iterable[Path]) -> int:
             raise RejectedError(
                 "cannot read the file: it is not a regular file (a FIFO, socket or device)"
             )
-        real = Path(f"/proc/self/fd/{fd}").readlink()
-        if not any(real == root or root in real.parents for root in roots):
-            raise RejectedError(
-                f"not sent: it is a link to {shorten(str(real), 120)}, outside the watched "
-                "folders"
-            )
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _within(real: Path, roots: list[Path]) -> bool:
+    return any(real == root or root in real.parents for root in roots)
 
 
 def inspect(fd: int, *, want_sha256: bool) -> Inspection:

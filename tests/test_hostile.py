@@ -184,10 +184,13 @@ def test_a_link_swapped_after_it_settled_to_a_file_outside_is_not_sent(
     tmp_path, inbox, emulator
 ):
     """The link pointed inside the watched folder when it settled; it points outside (at a
-    file of the same size and time) when the worker opens it: what was opened is checked,
-    and nothing is sent."""
+    file of the same size and time) when the worker takes it: the worker looks at it as
+    it settled (a link out as the link), finds it changed, and sends nothing; the checked
+    open refuses it too, without naming the target."""
+    from ocrwatch.errors import RejectedError
     from ocrwatch.journal import Job
     from ocrwatch.outcome import Outcome
+    from ocrwatch.preflight import open_within
 
     from .images import png_bytes
 
@@ -210,9 +213,13 @@ def test_a_link_swapped_after_it_settled_to_a_file_outside_is_not_sent(
     link.symlink_to(secret)
     result = loop.step()
 
+    with pytest.raises(RejectedError) as refused:
+        open_within(link, [inbox.resolve()])
+
     assert result is not None
-    assert Outcome.REJECTED is result.outcome
-    assert "outside the watched folders" in (result.error or "")
+    assert Outcome.UNSETTLED is result.outcome
+    assert "does not lead to a file in the watched folders" in str(refused.value)
+    assert "payroll" not in str(refused.value)
     assert [] == emulator.submissions()
 
 
@@ -287,8 +294,13 @@ def test_things_that_are_not_files_get_an_error_saying_what_they_are(
     tmp_path, inbox, emulator
 ):
     """A FIFO, a device, a dangling link, a link loop, a link out of the watched folders and a
-    folder named like an image each get an `.error` with the reason; the real scan is sent."""
+    folder named like an image each get an `.error` with the reason, once: a rescan does not
+    reject them again. The real scan is sent."""
+    from structlog.testing import capture_logs
+
     outside = write_png(tmp_path / "elsewhere" / "private.png", 7)
+    os.mkfifo(tmp_path / "elsewhere" / "pipe")
+    (inbox / "out-fifo.png").symlink_to(tmp_path / "elsewhere" / "pipe")
     os.mkfifo(inbox / "fifo.png")
     (inbox / "dangling.png").symlink_to(inbox / "nowhere.png")
     (inbox / "loop.png").symlink_to(inbox / "loop.png")
@@ -298,11 +310,11 @@ def test_things_that_are_not_files_get_an_error_saying_what_they_are(
         os.mknod(inbox / "device.png", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
     write_png(inbox / "scan.png", 1)
     config = config_for(tmp_path, emulator.url, inbox)
-    names = ["fifo", "dangling", "loop", "out", "folder"] + (
+    names = ["fifo", "dangling", "loop", "out", "out-fifo", "folder"] + (
         ["device"] if os.geteuid() == 0 else []
     )
 
-    with daemon_thread(config):
+    with capture_logs() as logs, daemon_thread(config) as daemon:
         wait_until(
             lambda: (
                 all((inbox / f"{n}.png.error").exists() for n in names)
@@ -311,15 +323,25 @@ def test_things_that_are_not_files_get_an_error_saying_what_they_are(
             30,
             "every .error",
         )
+        scans = daemon.health().scans_finished
+        daemon.items.put(Rescan(inbox, "test: another look"))
+        wait_until(lambda: daemon.health().scans_finished > scans, 10, "rescanned")
+        daemon.items.put(Rescan(inbox, "test: and another"))
+        wait_until(lambda: daemon.health().scans_finished > scans + 1, 10, "again")
+        time.sleep(
+            0.5
+        )  # settle_seconds 0.2: anything queued again would be done by now
 
     errors = {n: (inbox / f"{n}.png.error").read_text() for n in names}
     assert 1 == len(emulator.submissions())
     assert errors["fifo"].startswith("cannot read the file: it is not a regular file")
-    assert errors["dangling"].startswith(
-        "cannot read the file: it is a dangling symbolic"
+    link_out = "not sent: it is a symbolic link that does not lead to a file in the"
+    assert all(
+        errors[n].startswith(link_out) for n in ("dangling", "loop", "out", "out-fifo")
     )
-    assert errors["loop"].startswith("cannot read the file: it is a symbolic link loop")
-    assert "outside the watched folders" in errors["out"]
+    rejected = [e["path"] for e in logs if e["event"] == "job.rejected"]
+    assert sorted(str(inbox / f"{n}.png") for n in names) == sorted(rejected)
+    assert str(outside) not in errors["out"]  # names no target
     assert errors["folder"].startswith("not a file: it is a directory")
     if "device" in errors:
         assert "not a regular file" in errors["device"]
