@@ -9,7 +9,7 @@ OcrwatchError                  fatal unless caught per file; exit 1
 │   ├── TransientApiError      timeout, connection, 408/429/5xx -- retry, then "retry later"
 │   │   └── TokenRateLimitError  the token endpoint's 429 -- wait (up to retry.max_delay), retry
 │   └── ProtocolError          a 200 that makes no sense (no task id) -- not retried at once:
-│                              each POST may be billed; a few rounds later, `.error`
+│                              each POST may be billed; every upload waits 10 min to 1 h
 ├── SidecarError               a sidecar could not be written (read-only share, disk full)
 ├── FileChangedError           the file changed while it was read -- settle again, then resubmit
 └── RejectedError              this file can never succeed as it is -> `.error` sidecar

@@ -52,7 +52,10 @@ JOURNAL_ERROR_BACKOFF_S: Final = 5.0
 # How long a file waits for the GUID of a twin that is on the wire before it is queued again.
 TWIN_WAIT_S: Final = 30.0
 TWIN_POLL_S: Final = 0.1
-PROTOCOL_ROUNDS: Final = 3
+# A 200 without a task id (a proxy's login page, a service in trouble): every upload waits,
+# first ten minutes, then twice as long each time up to an hour, until an answer makes sense.
+PROTOCOL_PAUSE_S: Final = 600.0
+PROTOCOL_PAUSE_MAX_S: Final = 3600.0
 
 
 class JobLoop:
@@ -81,6 +84,9 @@ class JobLoop:
         self._threads: dict[int, threading.Thread] = {}
         self._in_flight: dict[Path, Job] = {}
         self._paused_until = 0.0
+        self._protocol_pause_s = (
+            0.0  # the last pause for senseless answers; 0 once one made sense
+        )
         self._journal_down = False
         # Uploads the journal could not record (it failed): their receipt until it can.
         self._unrecorded: dict[Path, tuple[Submission, str]] = {}
@@ -104,7 +110,7 @@ class JobLoop:
 
     @property
     def paused(self) -> bool:
-        """Uploads wait out refused credentials."""
+        """Uploads wait out refused credentials, or answers that made no sense."""
         return self._clock() < self._paused_until
 
     def start(self) -> None:
@@ -323,16 +329,14 @@ class JobLoop:
         except TransientApiError as exc:
             return rec.retry_later(job, str(exc), exc.retry_after_s, exc.attempts)
         except ProtocolError as exc:
-            # Not retried at once: every POST may be billed. A few rounds, then an answer.
-            if job.attempts + 1 >= PROTOCOL_ROUNDS:
-                why = f"{exc}; {PROTOCOL_ROUNDS} tries, not sent again"
-                return rec.rejected(job, why, runtime)
-            return rec.retry_later(job, str(exc))
+            return self._protocol_pause(job, exc, runtime)
         if sub.changed is not None:
             now_sha256 = self._sha256_of(job.path)
             return rec.changed_after_upload(
                 job, resolved.profile, sub, key, now_sha256, runtime
             )
+        with self._cond:
+            self._protocol_pause_s = 0.0
         try:
             return rec.submitted(job, resolved.profile, sub, key, runtime, started)
         except JournalError:
@@ -419,6 +423,31 @@ class JobLoop:
             if not self._stopping:
                 self._cond.wait(TWIN_POLL_S)
             return self._stopping
+
+    def _protocol_pause(self, job: Job, exc: ProtocolError, runtime: Runtime) -> Result:
+        """An answer that makes no sense is about the service or the network, not this file:
+        no `.error` (the file is fine), and no other file sent into it either, since every
+        POST may be billed. Every upload waits, longer each time; the file stays queued."""
+        now = self._clock()
+        with self._cond:
+            current = runtime is self._runtime
+            was_paused = now < self._paused_until
+            if current and not was_paused:
+                self._protocol_pause_s = min(
+                    PROTOCOL_PAUSE_MAX_S,
+                    max(PROTOCOL_PAUSE_S, 2 * self._protocol_pause_s),
+                )
+                self._paused_until = now + self._protocol_pause_s
+            wait = max(0.0, self._paused_until - now)
+        if current and not was_paused:
+            log.error(
+                "uploads.paused_for_bad_answers",
+                error=str(exc),
+                retry_in_s=round(wait),
+                queued_files_kept=True,
+                hint="if a proxy sits in between, check that it lets the service through",
+            )
+        return self._recorder.retry_later(job, str(exc), retry_after_s=wait)
 
     def _pause(self, job: Job, exc: AuthError, runtime: Runtime) -> Result:
         """Refused credentials: this file back to the queue, and every upload waits.

@@ -119,29 +119,56 @@ def test_a_dripping_or_endless_answer_has_a_deadline(tmp_path, mode):
 
 
 @pytest.mark.parametrize("mode", ["html", "not-a-guid"])
-def test_a_200_without_a_task_id_is_sent_three_times_not_a_dozen(tmp_path, mode):
-    """Each POST may be billed: no retry within a round; after three rounds an `.error`."""
+def test_a_200_without_a_task_id_pauses_every_upload_and_keeps_the_files(
+    tmp_path, mode
+):
+    """Each POST may be billed, and the answer is about the service, not the file: one POST,
+    then every upload waits 10 min, 20 min, ...; no `.error`; once an answer makes sense the
+    file gets its `.guid` and the pauses start again from 10 min."""
+    from structlog.testing import capture_logs
+
+    from ocrwatch.jobloop import PROTOCOL_PAUSE_S
     from ocrwatch.outcome import Outcome
 
     from .hostile_server import hostile_service, url_of
 
     now = [1000.0]
-    path = write_png(tmp_path / "in" / "a.png", 1)
-    with hostile_service(mode) as server:
+    a = write_png(tmp_path / "in" / "a.png", 1)
+    b = write_png(tmp_path / "in" / "b.png", 2)
+    with capture_logs() as logs, hostile_service(mode) as server:
         loop, journal = loop_against(tmp_path, url_of(server), lambda: now[0])
-        queue_one(journal, path)
-        outcomes = []
-        for _ in range(3):
-            result = loop.step()
-            assert result is not None
-            outcomes.append(result.outcome)
-            now[0] += 7200  # past any backoff
+        queue_one(journal, a)
+        queue_one(journal, b)
+        first = loop.step()
+        while_paused = loop.step()  # b is due, but every upload waits
+        now[0] += PROTOCOL_PAUSE_S + 1
+        second = loop.step()
+        now[0] += PROTOCOL_PAUSE_S + 1
+        still_paused = loop.step()
+        now[0] += PROTOCOL_PAUSE_S
+        server.mode = "ok"
+        sent = [loop.step(), loop.step()]
+        server.mode = mode
+        queue_one(journal, write_png(tmp_path / "in" / "c.png", 3))
+        loop.step()
         uploads = server.uploads
 
-    assert [Outcome.RETRY, Outcome.RETRY, Outcome.REJECTED] == outcomes
-    assert 3 == uploads
-    error = (tmp_path / "in" / "a.png.error").read_text()
-    assert error.startswith("the service answered 200 with no task id:")
+    pauses = [e for e in logs if e["event"] == "uploads.paused_for_bad_answers"]
+    assert first is not None
+    assert second is not None
+    assert (Outcome.RETRY, None, Outcome.RETRY, None) == (
+        first.outcome,
+        while_paused,
+        second.outcome,
+        still_paused,
+    )
+    assert [600, 1200, 600] == [e["retry_in_s"] for e in pauses]
+    assert "the service answered 200 with no task id" in pauses[0]["error"]
+    assert [Outcome.SUBMITTED] * 2 == [r.outcome for r in sent if r is not None]
+    assert 5 == uploads
+    assert [] == list((tmp_path / "in").glob("*.error"))
+    assert (tmp_path / "in" / "a.png.guid").exists()
+    assert (tmp_path / "in" / "b.png.guid").exists()
 
 
 def test_a_hostile_ocrwatch_yaml_holds_only_its_own_folder(tmp_path, inbox, emulator):
