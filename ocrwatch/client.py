@@ -431,14 +431,16 @@ def parse_task_result(body: str) -> TaskResult:
     )
 
 
-def open_image(path: Path) -> int:
+def open_image(path: Path, *, nofollow: bool = False) -> int:
     """Open a file to read and send it, with one sentence for why it cannot be.
 
+    `nofollow`: the path was not a link when it was looked at, and must not be one now.
     Raises FileChangedError if it is gone, RejectedError if it can never be read as it is.
     """
+    # O_NONBLOCK: a FIFO dropped into a folder must not hang a worker on open.
+    flags = os.O_RDONLY | os.O_NONBLOCK | (os.O_NOFOLLOW if nofollow else 0)
     try:
-        # O_NONBLOCK: a FIFO dropped into a folder must not hang a worker on open.
-        return os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        return os.open(path, flags)
     except FileNotFoundError:
         if not os.path.lexists(path):
             raise FileChangedError(

@@ -73,20 +73,28 @@ def open_within(path: Path, roots: Iterable[Path]) -> int:
     A link that leads out of the watched folders, nowhere, or round in a loop gets one and the
     same reason, which names no target: an `.error` must not tell a user of a shared folder
     what exists elsewhere on the server. Such a link is not even opened (opening some devices
-    does something); the descriptor's real path is checked again after the open, for a link
-    swapped in between.
+    does something), and a path that was no link is opened with O_NOFOLLOW; the descriptor's
+    real path is checked again after the open, for a link swapped in between.
 
     Raises FileChangedError if it is gone, RejectedError if it can never be sent as it is.
     """
     roots = list(roots)
-    if path.is_symlink():
+    link = path.is_symlink()
+    if link:
         try:
             target = path.resolve(strict=True)
         except (OSError, RuntimeError):
             raise RejectedError(LINK_OUT) from None
         if not _within(target, roots):
             raise RejectedError(LINK_OUT)
-    fd = open_image(path)
+    try:
+        fd = open_image(path, nofollow=not link)
+    except RejectedError:
+        if (
+            not link and path.is_symlink()
+        ):  # it became a link since: O_NOFOLLOW refused it
+            raise RejectedError(LINK_OUT) from None
+        raise
     try:
         if not _within(Path(f"/proc/self/fd/{fd}").readlink(), roots):
             raise RejectedError(LINK_OUT)
