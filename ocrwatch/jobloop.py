@@ -124,6 +124,7 @@ class JobLoop:
         with self._cond:
             self._runtime = runtime
             self._paused_until = 0.0
+            self._protocol_pause_s = 0.0
             started = self._size > 0
         if started:
             self.resize(runtime.config.api.concurrency)
@@ -167,9 +168,8 @@ class JobLoop:
         if now < self._paused_until:
             return None
         with self._claim_lock:
-            job = self._journal.claim(now)
-            if job is not None:
-                self._begin(job)
+            job = self._journal.claim(now, on_claimed=self._begin)
+        self._journal_is_back()  # a claim went through, whether or not one was due
         return None if job is None else self.process(job)
 
     def resume_orphans(self) -> int:
@@ -220,8 +220,6 @@ class JobLoop:
             try:
                 if self.step() is None:
                     self._idle(generation)
-                else:  # a claim was written: the journal takes writes again
-                    self._journal_is_back()
             except JournalError as exc:
                 # A full or failing state_dir: uploads pause, said once by the first worker
                 # to meet it. A claimed job stays `submitting` until `resume_orphans`.

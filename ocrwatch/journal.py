@@ -79,7 +79,7 @@ CLAIM_SQL: Final = (
 RESEED_SQL: Final = (
     "INSERT INTO files(path, root, size, mtime_ns, state, profile, claimed_by, created_at,"
     " updated_at) VALUES (?, ?, ?, ?, 'submitting', ?, ?, ?, ?)"
-    " ON CONFLICT(path) DO UPDATE SET state='submitting', claimed_by=excluded.claimed_by"
+    " ON CONFLICT(path) DO NOTHING"  # a journal rebuilt with its rows has them as they are
 )
 # One file claimed by path (`submit`): a new row, or one that is neither in flight elsewhere
 # nor submitted with this very content.
@@ -248,9 +248,20 @@ class Journal:
             entry = _entry(row)
             found[entry.path] = entry
 
-    def claim(self, now: float) -> Job | None:
-        """Take the next due file for submission, or None if nothing is due."""
-        return _job(self._file.write(CLAIM_SQL, (this_process(), now, now)))
+    def claim(
+        self, now: float, on_claimed: Callable[[Job], None] = lambda job: None
+    ) -> Job | None:
+        """Take the next due file for submission, or None if nothing is due.
+
+        `on_claimed` runs before anything else may use the journal: a rebuild in between
+        would not know the claim.
+        """
+
+        def claimed(rows: list[sqlite3.Row]) -> None:
+            if (job := _job(rows)) is not None:
+                on_claimed(job)
+
+        return _job(self._file.write(CLAIM_SQL, (this_process(), now, now), claimed))
 
     def claim_file(self, job: Job, now: float) -> Job | None:
         """Take this one file for submission (`submit`), recording it if it is new.

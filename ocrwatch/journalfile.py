@@ -70,7 +70,7 @@ class JournalFile:
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            db = self._conn()
+            db = self._conn()  # raises JournalError only
             try:
                 db.execute("BEGIN IMMEDIATE")
                 yield db
@@ -82,16 +82,25 @@ class JournalFile:
                 _rollback(db)
                 raise
 
-    def write(self, sql: str, params: tuple[object, ...]) -> list[sqlite3.Row]:
+    def write(
+        self,
+        sql: str,
+        params: tuple[object, ...],
+        then: Callable[[list[sqlite3.Row]], None] = lambda rows: None,
+    ) -> list[sqlite3.Row]:
         """One statement, which SQLite makes atomic on its own: no BEGIN/COMMIT round trips.
 
-        All rows are fetched, because an UPDATE ... RETURNING is not done before that.
+        All rows are fetched, because an UPDATE ... RETURNING is not done before that. `then`
+        sees them with the lock still held: a claim is known to be in flight before any rebuild
+        could run.
         """
         with self._lock:
             try:
-                return self._conn().execute(sql, params).fetchall()
+                rows = self._conn().execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise self._failed(exc) from None
+            then(rows)
+            return rows
 
     def query(self, sql: str, params: Iterable[object] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -131,15 +140,30 @@ class JournalFile:
             self._rebuild(why, keep_rows=False)
 
     def _conn(self) -> sqlite3.Connection:
-        """The connection, reopened if a rebuild could not reopen it (a full disk, say)."""
+        """The connection, reopened if a rebuild could not reopen it (a full disk, say).
+
+        The claims in flight are written back in the same step; if that fails, the connection
+        is dropped, so that the next use tries both again.
+        """
         if self._closed:
             raise JournalError(f"{self.path}: the journal is closed")
         if self._db is None:
             try:
-                self._db = self._connect()
+                db = self._connect()
             except (sqlite3.Error, OSError) as exc:
                 raise self._cannot_open(exc) from None
-            self.on_rebuilt(self._db)
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                self.on_rebuilt(db)
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                _rollback(db)
+                db.close()
+                raise JournalError(
+                    f"{self.path}: the rebuilt journal cannot be written ({exc}); "
+                    "check the disk under state_dir"
+                ) from None
+            self._db = db
         return self._db
 
     def _open(self) -> sqlite3.Connection:

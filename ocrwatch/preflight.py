@@ -73,26 +73,26 @@ def open_within(path: Path, roots: Iterable[Path]) -> int:
     A link that leads out of the watched folders, nowhere, or round in a loop gets one and the
     same reason, which names no target: an `.error` must not tell a user of a shared folder
     what exists elsewhere on the server. Such a link is not even opened (opening some devices
-    does something), and a path that was no link is opened with O_NOFOLLOW; the descriptor's
-    real path is checked again after the open, for a link swapped in between.
+    does something); a link inside is opened at its resolved target, and that (or a path that
+    was no link) with O_NOFOLLOW. The descriptor's real path is checked again after the open,
+    for a folder swapped for a link in between.
 
     Raises FileChangedError if it is gone, RejectedError if it can never be sent as it is.
     """
     roots = list(roots)
-    link = path.is_symlink()
-    if link:
+    opened = path
+    if path.is_symlink():
         try:
-            target = path.resolve(strict=True)
+            opened = path.resolve(strict=True)  # opened itself, never through the link
         except (OSError, RuntimeError):
             raise RejectedError(LINK_OUT) from None
-        if not _within(target, roots):
+        if not _within(opened, roots):
             raise RejectedError(LINK_OUT)
     try:
-        fd = open_image(path, nofollow=not link)
+        fd = open_image(opened, nofollow=True)
     except RejectedError:
-        if (
-            not link and path.is_symlink()
-        ):  # it became a link since: O_NOFOLLOW refused it
+        # It became a link since it was looked at: O_NOFOLLOW refused it.
+        if opened.is_symlink():
             raise RejectedError(LINK_OUT) from None
         raise
     try:

@@ -80,7 +80,12 @@ def _read(
                 f"{what} at {host} did not finish its answer in time "
                 f"({len(data)} bytes so far)"
             )
-    return data.decode(response.encoding or "utf-8", errors="replace")
+    try:
+        return data.decode(response.encoding or "utf-8", errors="replace")
+    except (
+        LookupError
+    ):  # a charset no codec knows: the GUIDs and JSON we want are ASCII
+        return data.decode("utf-8", errors="replace")
 
 
 def unreachable(exc: requests.RequestException, what: str, url: str) -> str:

@@ -62,8 +62,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif mode == "big":
             with contextlib.suppress(OSError):
                 self._answer(200, "text/plain", b"x" * (10 << 20))
-        elif mode == "ok":
-            self._answer(200, "text/plain", b"a197aade-bba9-4c7a-92c7-46851b3dceaa")
+        elif mode in ("ok", "odd-charset"):
+            kind = "text/plain" + ("; charset=x-nope" if mode == "odd-charset" else "")
+            self._answer(200, kind, b"a197aade-bba9-4c7a-92c7-46851b3dceaa")
         elif mode == "html":
             self._answer(
                 200, "text/html", b"<html><body>Sign in to the proxy</body></html>"

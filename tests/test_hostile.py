@@ -151,6 +151,10 @@ def test_a_200_without_a_task_id_pauses_every_upload_and_keeps_the_files(
         server.mode = mode
         queue_one(journal, write_png(tmp_path / "in" / "c.png", 3))
         loop.step()
+        now[0] += PROTOCOL_PAUSE_S + 1
+        queue_one(journal, write_png(tmp_path / "in" / "d.png", 4))
+        loop.swap(loop.runtime)  # a reload: a try at once, and the pauses start again
+        loop.step()
         uploads = server.uploads
 
     pauses = [e for e in logs if e["event"] == "uploads.paused_for_bad_answers"]
@@ -162,13 +166,35 @@ def test_a_200_without_a_task_id_pauses_every_upload_and_keeps_the_files(
         second.outcome,
         still_paused,
     )
-    assert [600, 1200, 600] == [e["retry_in_s"] for e in pauses]
+    assert [600, 1200, 600, 600] == [e["retry_in_s"] for e in pauses]
     assert "the service answered 200 with no task id" in pauses[0]["error"]
     assert [Outcome.SUBMITTED] * 2 == [r.outcome for r in sent if r is not None]
-    assert 5 == uploads
+    assert 6 == uploads
     assert [] == list((tmp_path / "in").glob("*.error"))
     assert (tmp_path / "in" / "a.png.guid").exists()
     assert (tmp_path / "in" / "b.png.guid").exists()
+
+
+def test_an_answer_in_a_charset_no_codec_knows_is_still_read(tmp_path):
+    """`charset=x-nope` on a 200 whose GUID is plain ASCII: recorded once, not a crash that
+    would send the (billed) file again every round."""
+    from ocrwatch.outcome import Outcome
+
+    from .hostile_server import hostile_service, url_of
+
+    path = write_png(tmp_path / "in" / "a.png", 1)
+    with hostile_service("odd-charset") as server:
+        loop, journal = loop_against(tmp_path, url_of(server), time.time)
+        queue_one(journal, path)
+        result = loop.step()
+        uploads = server.uploads
+
+    assert result is not None
+    assert (Outcome.SUBMITTED, 1) == (result.outcome, uploads)
+    assert (
+        "a197aade-bba9-4c7a-92c7-46851b3dceaa"
+        == path.with_name("a.png.guid").read_text().strip()
+    )
 
 
 def test_a_hostile_ocrwatch_yaml_holds_only_its_own_folder(tmp_path, inbox, emulator):

@@ -452,6 +452,53 @@ class TestJournal:
 
         assert (1, 1) == (journal.rebuilds, counts["queued"])
 
+    def test_claims_written_back_after_a_failed_first_try_and_rows_kept_as_they_are(
+        self, tmp_path
+    ):
+        """Writing the claims in flight into a rebuilt journal fails once (a full disk): the
+        error is a JournalError, and the next use writes them. A journal rebuilt with its rows
+        keeps a finished row as it is, even if its job is still being wrapped up."""
+        path = tmp_path / "j.sqlite3"
+        journal = Journal(path, heal=True)
+        in_flight = Job(Path("/in/flight.png"), ROOT, 5, 1)
+        calls = []
+
+        def claims() -> list[Job]:
+            calls.append(1)
+            if len(calls) == 1:
+                raise sqlite3.OperationalError("database or disk is full")
+            return [in_flight]
+
+        journal.in_flight = claims
+        with pytest.raises(JournalError, match="rebuilt journal cannot be written"):
+            journal.rebuild("test: damage")
+        counts = journal.counts()
+
+        note(journal, now=0.0)
+        [job] = [j for j in [journal.claim(1.0)] if j is not None]
+        journal.mark_failed(job.path, error="x", next_attempt_at=99.0, now=1.0)
+        journal.in_flight = lambda: [job, in_flight]  # P's outcome is recorded already
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        journal.check_file()
+        kept = journal.lookup([P])[str(P)]
+        journal.close()
+
+        assert (2, 1) == (len(calls), counts["submitting"])
+        assert ("failed", 99.0) == (kept.state, journal_next_attempt(path, P))
+
+
+def journal_next_attempt(path: Path, file: Path) -> float:
+    db = sqlite3.connect(path)
+    try:
+        return float(
+            db.execute(
+                "SELECT next_attempt_at FROM files WHERE path=?", (str(file),)
+            ).fetchone()[0]
+        )
+    finally:
+        db.close()
+
 
 class TestReadiness:
     def test_unreadable_file_waits_then_goes_ahead(self):
