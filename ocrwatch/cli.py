@@ -180,6 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `ocrwatch check | head -2`: the reader left. Python's advice: point stdout at
+        # /dev/null, so that the flush at exit does not fail again, and exit as shells do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 def cmd_run(args: argparse.Namespace) -> int:

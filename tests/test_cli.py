@@ -445,3 +445,20 @@ def test_a_file_a_killed_submit_left_claimed_is_sent_by_the_next_one(
         result.stdout.splitlines()[0],
     )
     assert 1 == len(emulator.submissions())
+
+
+def test_a_reader_that_left_gets_no_traceback(config_file):
+    """`ocrwatch check | head -2`: the pipe is closed before check writes; no traceback."""
+    proc = subprocess.Popen(
+        [*OCRWATCH, "check", "-c", str(config_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=30)
+
+    assert b"Traceback" not in err
+    assert b"BrokenPipeError" not in err
+    assert 141 == proc.returncode
