@@ -84,9 +84,8 @@ class JobLoop:
         self._threads: dict[int, threading.Thread] = {}
         self._in_flight: dict[Path, Job] = {}
         self._paused_until = 0.0
-        self._protocol_pause_s = (
-            0.0  # the last pause for senseless answers; 0 once one made sense
-        )
+        # The last pause for senseless answers; 0 once an answer made sense.
+        self._protocol_pause_s = 0.0
         self._journal_down = False
         # Uploads the journal could not record (it failed): their receipt until it can.
         self._unrecorded: dict[Path, tuple[Submission, str]] = {}
@@ -266,8 +265,9 @@ class JobLoop:
         profile = runtime.profile_for(job)
         if profile is None:
             return rec.unconfigured(job)
+        roots = runtime.roots_for(job)
         # Looked at as it settled: a link that leads out of the watched folders as the link.
-        st = candidate_stat(job.path, runtime.roots_for(job))
+        st = candidate_stat(job.path, roots)
         look = None if st is None else Look(st.st_size, st.st_mtime_ns)
         if look is not None and look != Look(job.size, job.mtime_ns):
             return rec.unsettled(job, look, runtime, "it changed after it settled")
@@ -275,7 +275,7 @@ class JobLoop:
             return self._record_again(job, profile, look, pending, runtime, started)
         receipt = None if look is None else current_receipt(job.path, look)
         try:
-            fd = open_within(job.path, runtime.roots_for(job))
+            fd = open_within(job.path, roots)
         except FileChangedError:
             return rec.gone(job)
         except RejectedError as exc:
@@ -426,18 +426,15 @@ class JobLoop:
         """An answer that makes no sense is about the service or the network, not this file:
         no `.error` (the file is fine), and no other file sent into it either, since every
         POST may be billed. Every upload waits, longer each time; the file stays queued."""
-        now = self._clock()
-        with self._cond:
-            current = runtime is self._runtime
-            was_paused = now < self._paused_until
-            if current and not was_paused:
-                self._protocol_pause_s = min(
-                    PROTOCOL_PAUSE_MAX_S,
-                    max(PROTOCOL_PAUSE_S, 2 * self._protocol_pause_s),
-                )
-                self._paused_until = now + self._protocol_pause_s
-            wait = max(0.0, self._paused_until - now)
-        if current and not was_paused:
+
+        def longer() -> float:
+            self._protocol_pause_s = min(
+                PROTOCOL_PAUSE_MAX_S, max(PROTOCOL_PAUSE_S, 2 * self._protocol_pause_s)
+            )
+            return self._protocol_pause_s
+
+        started, wait = self._pause_uploads(runtime, longer)
+        if started:
             log.error(
                 "uploads.paused_for_bad_answers",
                 error=str(exc),
@@ -448,22 +445,16 @@ class JobLoop:
         return self._recorder.retry_later(job, str(exc), retry_after_s=wait)
 
     def _pause(self, job: Job, exc: AuthError, runtime: Runtime) -> Result:
-        """Refused credentials: this file back to the queue, and every upload waits.
-
-        Not if the refusal was of credentials a reload has replaced meanwhile.
-        """
-        now = self._clock()
+        """Refused credentials: this file back to the queue, and every upload waits."""
         result = self._recorder.refused(job, str(exc))
-        wait = min(
-            AUTH_RETRY_S if exc.retry_after_s is None else exc.retry_after_s,
-            AUTH_PAUSE_MAX_S,
+        started, wait = self._pause_uploads(
+            runtime,
+            lambda: min(
+                AUTH_RETRY_S if exc.retry_after_s is None else exc.retry_after_s,
+                AUTH_PAUSE_MAX_S,
+            ),
         )
-        with self._cond:
-            current = runtime is self._runtime
-            was_paused = now < self._paused_until
-            if current:
-                self._paused_until = max(self._paused_until, now + wait)
-        if current and not was_paused:  # several workers may meet it at once: one line
+        if started:
             log.error(
                 "auth.refused",
                 error=str(exc),
@@ -471,3 +462,16 @@ class JobLoop:
                 queued_files_kept=True,
             )
         return result
+
+    def _pause_uploads(
+        self, runtime: Runtime, length: Callable[[], float]
+    ) -> tuple[bool, float]:
+        """Every upload waits `length()` seconds, unless a pause runs already (several workers
+        may meet the trouble at once: one pause, one log line) or a reload replaced `runtime`
+        meanwhile (the trouble may be gone with it). Returns (started, seconds left)."""
+        now = self._clock()
+        with self._cond:
+            started = runtime is self._runtime and now >= self._paused_until
+            if started:
+                self._paused_until = now + length()
+            return started, max(0.0, self._paused_until - now)
