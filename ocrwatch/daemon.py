@@ -64,7 +64,7 @@ class Health:
     missing: frozenset[Path]  # watched folders that are not there (yet)
     workers: int
     in_flight: int
-    paused: bool  # waiting out refused credentials
+    paused: bool  # waiting out refused credentials or senseless answers
     settling: int
 
 
@@ -153,11 +153,7 @@ class Daemon:
             return self._shutdown()
 
     def _start(self) -> None:
-        try:
-            resumed = self.loop.resume_orphans()
-        except JournalError as exc:  # a full state_dir: the daemon starts and waits
-            log.error("journal.resume_failed", error=str(exc))
-            resumed = 0
+        resumed = self._try_resume()  # a full state_dir: the daemon starts and waits
         folders = self.loop.runtime.folders
         self.watchers.apply(folders)
         self.loop.start()
@@ -214,13 +210,15 @@ class Daemon:
             for root in self.loop.runtime.folders:
                 self.catchup.request(root, "journal rebuilt")
 
-    def _resume_orphans(self) -> None:
+    def _try_resume(self) -> int:
         try:
-            resumed = self.loop.resume_orphans()
+            return self.loop.resume_orphans()
         except JournalError as exc:
             log.error("journal.resume_failed", error=str(exc))
-            return
-        if resumed:
+            return 0
+
+    def _resume_orphans(self) -> None:
+        if resumed := self._try_resume():
             log.info("journal.resumed", files=resumed)
             self.loop.wake()
 

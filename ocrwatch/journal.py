@@ -503,7 +503,7 @@ def _job(rows: list[sqlite3.Row]) -> Job | None:
 
 # A name that is not valid UTF-8 comes from os.fsdecode with its odd bytes as lone surrogates,
 # which SQLite's UTF-8 cannot hold. They are stored as "\0" and two hex digits: lossless, no
-# real path has a NUL, and a folder keeps its prefix for the LIKE in `release_held`.
+# real path has a NUL, and a folder keeps its prefix for the range in `release_held`.
 _ODD_BYTE: Final = re.compile("[\udc80-\udcff]")
 _ESCAPED_BYTE: Final = re.compile("\0([0-9a-f]{2})")
 

@@ -174,7 +174,10 @@ class JournalFile:
                 raise self._cannot_open(exc) from None
             if not self._heal:
                 raise self._damaged(exc) from None
-            kept = self._move_aside()
+            try:
+                kept = self._move_aside()
+            except OSError as move:
+                raise self._cannot_open(move) from None
             self.rebuilds += 1
             self._note_rebuild(str(exc), kept)
         except OSError as exc:
@@ -284,16 +287,24 @@ class JournalFile:
         if old is not None:
             with contextlib.suppress(sqlite3.Error):
                 old.close()
-        if keep_rows and fresh.exists():
-            fresh.replace(self.path)
-        else:
-            kept = self._move_aside()
+        try:
+            if keep_rows and fresh.exists():
+                fresh.replace(self.path)
+            else:
+                kept = self._move_aside()
+        except OSError as exc:  # the next use tries to open the file again
+            raise JournalError(
+                f"{self.path}: the journal cannot be rebuilt ({exc.strerror}); check state_dir"
+            ) from None
         self.rebuilds += 1
         self._note_rebuild(why, kept)
         self._conn()  # raises if it cannot be opened; the next use tries again
 
     def _move_aside(self) -> Path:
-        """Keep a damaged journal for a post-mortem, under a name that says when."""
+        """Keep a damaged journal for a post-mortem, under a name that says when.
+
+        Raises OSError if it cannot be moved (a read-only state_dir): callers translate it.
+        """
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         kept = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         for suffix in ("", "-wal", "-shm"):

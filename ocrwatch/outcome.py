@@ -1,8 +1,8 @@
 """How a job ended, made durable: the one place that writes sidecars and records journal states.
 
 Each method takes a claimed job to one outcome: the journal row and the sidecar (the receipt;
-written even when the journal cannot be), then one log line that carries the whole story. The job loop decides which outcome
-applies; nothing else writes a `.guid`/`.error` or moves a row out of `submitting`.
+written even when the journal cannot be), then one log line that carries the whole story. The
+job loop decides which outcome applies; nothing else writes a `.guid`/`.error` or moves a row out of `submitting`.
 """
 
 from __future__ import annotations
@@ -96,9 +96,8 @@ class Recorder:
     ) -> None:
         self._journal = journal
         self._clock = clock
-        self._one_shot = (
-            one_shot  # `submit`: report a file that is not ready, do not wait
-        )
+        # `submit`: report a file that is not ready, do not wait.
+        self._one_shot = one_shot
         self._held_logged: set[object] = set()
         self._lock = threading.Lock()
 
@@ -182,10 +181,9 @@ class Recorder:
     ) -> Result:
         """The service accepted this content with these settings lately: reuse its GUID."""
         source, guid, accepted_at = found
-        if look_at(job.path) != look:  # rewritten while it waited for a twin
-            return self.unsettled(
-                job, look_at(job.path) or Look(0, 0), runtime, "it changed"
-            )
+        now = look_at(job.path)
+        if now != look:  # rewritten while it waited for a twin
+            return self.unsettled(job, now or Look(0, 0), runtime, "it changed")
         self._journal.mark_submitted(
             job.path,
             guid=guid,

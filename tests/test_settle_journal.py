@@ -434,6 +434,25 @@ class TestJournal:
         assert b"this is not a database" * 100 == kept.read_bytes()
         assert (1, 0) == (rebuilds, sum(counts.values()))
 
+    def test_a_damaged_journal_that_cannot_be_moved_aside_is_a_journal_error(
+        self, tmp_path
+    ):
+        """The name to keep it under is taken (here by folders, as root ignores modes):
+        one JournalError, which `run` prints as a sentence, not an OSError traceback."""
+        import datetime as dt
+
+        path = tmp_path / "j.sqlite3"
+        path.write_bytes(b"this is not a database" * 100)
+        start = dt.datetime.now(dt.UTC)
+        for second in range(10):
+            stamp = (start + dt.timedelta(seconds=second)).strftime("%Y%m%dT%H%M%SZ")
+            (tmp_path / f"j.sqlite3.corrupt-{stamp}" / "taken").mkdir(parents=True)
+
+        with pytest.raises(JournalError, match="cannot open the journal"):
+            Journal(path, heal=True)
+
+        assert b"this is not a database" * 100 == path.read_bytes()
+
     def test_a_journal_deleted_while_open_is_written_again_with_its_rows(
         self, tmp_path
     ):
