@@ -30,6 +30,8 @@ def main() -> int:
     inbox, work = base / "inbox", base / "demo"
     inbox.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
+    samples = sorted(HERE.glob("*.png"))
+    forget_previous_run(work, inbox, samples)
 
     emulator = subprocess.Popen(
         [*OCRWATCH, "emulator", "--port", "0", "--log", str(work / "emulator.jsonl")],
@@ -50,7 +52,6 @@ def main() -> int:
         [*OCRWATCH, "run", "-c", str(config), "--log-format", "console"]
     )
     try:
-        samples = sorted(HERE.glob("*.png"))
         for sample in samples:
             shutil.copy(sample, inbox / sample.name)
         print(
@@ -69,8 +70,11 @@ def main() -> int:
             time.sleep(0.2)
         for path in pending:
             print(f"{path.name}: {path.read_text().strip()}")
+        text = fetch_text(config, pending[0].read_text().strip())
         print(
-            f"recognized text of {samples[0].name}: {fetch_text(config, pending[0].read_text().strip())}"
+            f"recognized text of {samples[0].name}: {text}"
+            if text is not None
+            else f"no text came back for {samples[0].name}; see the log above"
         )
         if args.once:
             return 0
@@ -86,6 +90,16 @@ def main() -> int:
                 proc.wait(timeout=40)
         if emulator.stdout is not None:
             emulator.stdout.close()
+
+
+def forget_previous_run(work: Path, inbox: Path, samples: list[Path]) -> None:
+    """Each demo starts a new emulator, which knows none of an earlier run's tasks: the
+    samples, their sidecars and the journal of an earlier run go, so that this run sends
+    the samples and shows its own GUIDs and text. Other files in the inbox stay."""
+    shutil.rmtree(work / "state", ignore_errors=True)
+    for sample in samples:
+        for name in (sample.name, f"{sample.name}.guid", f"{sample.name}.error"):
+            (inbox / name).unlink(missing_ok=True)
 
 
 def fetch_text(config: Path, guid: str) -> str | None:

@@ -16,8 +16,14 @@ from typing import Any
 import structlog
 
 from ocrwatch import __version__
-from ocrwatch.config import Config, config_path, load_config, load_settings
-from ocrwatch.errors import ConfigError, OcrwatchError
+from ocrwatch.config import (
+    Config,
+    Credentials,
+    config_path,
+    load_config,
+    load_settings,
+)
+from ocrwatch.errors import ApiError, ConfigError, OcrwatchError
 from ocrwatch.journal import STATES, Journal
 from ocrwatch.journalfile import recent_rebuilds
 from ocrwatch.lifecycle import is_running
@@ -35,115 +41,177 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version", action="version", version=f"ocrwatch {__version__}"
     )
-    common = argparse.ArgumentParser(add_help=False)
+    logging_opts = argparse.ArgumentParser(add_help=False)
+    logging_opts.add_argument(
+        "--log-level",
+        default=None,
+        choices=["debug", "info", "warning", "error"],
+        help="default: info (warning for `submit` on a terminal)",
+    )
+    logging_opts.add_argument(
+        "--log-format",
+        default="auto",
+        choices=["auto", "json", "console"],
+        help="auto: console on a terminal, JSON lines otherwise (default: auto)",
+    )
+    common = argparse.ArgumentParser(add_help=False, parents=[logging_opts])
     common.add_argument(
         "-c",
         "--config",
         help="config file (default: $OCRWATCH_CONFIG, else /etc/ocrwatch/config.yaml)",
     )
-    common.add_argument(
-        "--log-level", default=None, choices=["debug", "info", "warning", "error"]
-    )
-    common.add_argument(
-        "--log-format", default="auto", choices=["auto", "json", "console"]
-    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser(
-        "run", parents=[common], help="the daemon: watch, queue, submit, write sidecars"
-    )
-    p = sub.add_parser(
-        "submit",
+    def command(name: str, summary: str, description: str, **kw: Any) -> Any:
+        return sub.add_parser(
+            name,
+            help=summary,
+            description=f"{summary[0].upper()}{summary[1:]}. {description}",
+            **kw,
+        )
+
+    command(
+        "run",
+        "the daemon: watch, queue, submit, write sidecars",
+        "Runs in the foreground until SIGTERM or SIGINT; SIGHUP reloads the config. "
+        "Exit 0 after a clean stop, 2 for a bad config, 1 for a fatal runtime error.",
         parents=[common],
-        help="submit the given files or folders once, then exit",
+    )
+    p = command(
+        "submit",
+        "submit the given files or folders once, then exit",
+        "Folders are expanded by their include/exclude rules; a file with a current "
+        "sidecar is skipped. Uses the same journal as `run`. Exit 0 if all were "
+        "submitted, 1 if any failed, 2 for a bad config or usage.",
+        parents=[common],
     )
     p.add_argument("--profile", help="profile to use instead of the folder's")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
-    sub.add_parser(
+    p = command(
         "check",
+        "validate the config and show each folder's settings",
+        "Prints each folder with its resolved profile and the exact settings that will "
+        "be sent. Exit 0 if valid, 2 if not; with --online, 1 if the token endpoint "
+        "or the credentials fail.",
         parents=[common],
-        help="validate the config and show each folder's settings",
     )
-    p = sub.add_parser(
+    p.add_argument(
+        "--online",
+        action="store_true",
+        help="also fetch one access token, to check the URL and the credentials",
+    )
+    p = command(
         "status",
+        "counts per state, queue depth, recent failures",
+        "Reads the journal in state_dir, whether or not the daemon runs. Exit 0.",
         parents=[common],
-        help="counts per state, queue depth, recent failures",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser(
-        "emulator", parents=[common], help="a local Aspose.OCR Cloud-compatible server"
+    p = command(
+        "emulator",
+        "a local Aspose.OCR Cloud-compatible server",
+        "For trying ocrwatch offline, and for tests and benchmarks. It prints its URL "
+        "first and serves until SIGTERM or SIGINT.",
+        parents=[logging_opts],
     )
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
+    )
     p.add_argument(
         "--port",
         type=int,
         default=8089,
-        help="0 picks a free port; the bound URL is printed first",
+        help="0 picks a free port; the bound URL is printed first (default: 8089)",
     )
-    p.add_argument("--client-id", default="emulator")
+    p.add_argument(
+        "--client-id",
+        default="emulator",
+        help="the accepted client id (default: emulator)",
+    )
     p.add_argument(
         "--client-secret",
-        default=os.environ.get("OCRWATCH_EMULATOR_SECRET", "emulator-secret"),
+        default=None,
         help="accepted secret (default: $OCRWATCH_EMULATOR_SECRET, else emulator-secret)",
     )
     p.add_argument(
-        "--token-ttl", type=float, default=3600.0, help="token lifetime, seconds"
+        "--token-ttl",
+        type=float,
+        default=3600.0,
+        help="token lifetime, seconds (default: 3600)",
     )
     p.add_argument(
-        "--latency", type=float, default=0.0, help="added to every response, seconds"
+        "--latency",
+        type=float,
+        default=0.0,
+        help="added to every response, seconds (default: 0)",
     )
     p.add_argument(
-        "--pending", type=float, default=0.0, help="seconds a task stays Pending"
+        "--pending",
+        type=float,
+        default=0.0,
+        help="seconds a task stays Pending (default: 0)",
     )
     p.add_argument(
-        "--processing", type=float, default=0.0, help="seconds a task stays Processing"
+        "--processing",
+        type=float,
+        default=0.0,
+        help="seconds a task stays Processing (default: 0)",
     )
     p.add_argument(
         "--fail-503",
         type=float,
         default=0.0,
         metavar="RATE",
-        help="fraction of uploads answered 503",
+        help="fraction of uploads answered 503 (default: 0)",
     )
     p.add_argument(
         "--fail-429",
         type=float,
         default=0.0,
         metavar="RATE",
-        help="fraction answered 429 with Retry-After",
+        help="fraction answered 429 with Retry-After (default: 0)",
     )
     p.add_argument(
-        "--retry-after", default="1", help="Retry-After value sent with injected 429s"
+        "--retry-after",
+        default="1",
+        help="Retry-After value sent with injected 429s (default: 1)",
     )
     p.add_argument(
         "--drop",
         type=float,
         default=0.0,
         metavar="RATE",
-        help="fraction of connections dropped unanswered",
+        help="fraction of connections dropped unanswered (default: 0)",
     )
     p.add_argument(
         "--accept-drop",
         type=float,
         default=0.0,
         metavar="RATE",
-        help="fraction accepted, then dropped unanswered",
+        help="fraction accepted, then dropped unanswered (default: 0)",
     )
     p.add_argument(
         "--token-429",
         type=float,
         default=0.0,
         metavar="RATE",
-        help="fraction of token calls answered 429 with Retry-After (rate limiting)",
+        help="fraction of token calls answered 429 with Retry-After (rate limiting) (default: 0)",
     )
-    p.add_argument("--bad-image", choices=["reject", "task-error"], default="reject")
+    p.add_argument(
+        "--bad-image",
+        choices=["reject", "task-error"],
+        default="reject",
+        help="a corrupt image: a 400 at upload, or a task that ends in Error (default: reject)",
+    )
     p.add_argument(
         "--empty-401",
         action="store_true",
         help="answer 401 with an empty body instead of ProblemDetails",
     )
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--seed", type=int, default=None, help="seed for the fault injection's dice"
+    )
     p.add_argument(
         "--tls-cert",
         type=Path,
@@ -253,7 +321,30 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"  {watch}, {'recursive' if folder.recursive else 'top level only'}, settle {folder.settle_seconds:g}s"
         )
         print(f"  include {list(folder.include)} exclude {list(folder.exclude)}")
+    if args.online:
+        check_online(config, credentials)
     return 0
+
+
+def check_online(config: Config, credentials: Credentials | None) -> None:
+    """One token fetch, nothing billed: do the URL and the credentials work?
+
+    Only one try: the token endpoint locks out credentials it refused several times.
+    """
+    from ocrwatch.client import OcrClient
+
+    url = config.api.resolved_token_url
+    try:
+        checked = OcrClient(config.api, credentials).check_credentials()
+    except ApiError as exc:
+        print(f"online: failed at {url}", flush=True)
+        # Exit 1: the config is valid, the service or the credentials are not.
+        where = "" if url in str(exc) else f"{url}: "
+        raise ApiError(f"check --online: {where}{exc}") from None
+    if checked:
+        print(f"online: {url} issued a token; the credentials work")
+    else:
+        print("online: trial mode has no credentials to check; nothing was sent")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -365,7 +456,8 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         client_id=args.client_id,
-        client_secret=args.client_secret,
+        client_secret=args.client_secret
+        or os.environ.get("OCRWATCH_EMULATOR_SECRET", "emulator-secret"),
         token_ttl_s=args.token_ttl,
         latency_s=args.latency,
         pending_s=args.pending,

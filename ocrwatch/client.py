@@ -238,6 +238,14 @@ class OcrClient:
                 max_wait_s=api.retry.max_delay,
             )
 
+    def check_credentials(self) -> bool:
+        """Fetch one token, and nothing else (`check --online`); False in trial mode, which
+        has no credentials. Raises AuthError or TransientApiError as an upload would."""
+        if self.tokens is None:
+            return False
+        self.tokens.get()
+        return True
+
     def _session(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:

@@ -37,6 +37,7 @@ from ocrwatch.log import register_secret
 from ocrwatch.settings import (
     DSR_CONFIDENCES,
     DSR_MODES,
+    LANGUAGE_HINTS,
     LANGUAGES,
     RESULT_TYPES,
     WIRE_NAMES,
@@ -217,7 +218,12 @@ class SettingsSpec(Model):
         return (
             None
             if v is None
-            else check_choice(v, choices, WIRE_NAMES[str(info.field_name)])
+            else check_choice(
+                v,
+                choices,
+                WIRE_NAMES[str(info.field_name)],
+                LANGUAGE_HINTS if info.field_name == "language" else None,
+            )
         )
 
     @field_validator("rotate")
@@ -321,10 +327,22 @@ def translate_validation_error(
         model = _model_at(root, loc)
         key = str(loc[-1])
         hint = nearest(key, _valid_keys(model)) if model and len(key) <= 100 else None
+        if (
+            hint == key
+        ):  # a valid key under its second spelling: `rotate` beside `Rotate`
+            return ConfigError(
+                f"{where}: set twice, as `Rotate` and as `rotate`; keep one of them"
+            )
         tip = f"did you mean `{hint}`?" if hint else "remove it"
         return ConfigError(f"{where}: unknown key; {tip}")
     if err["type"] == "missing":
         return ConfigError(f"{where}: required key is missing; add it")
+    if err["type"] == "too_short" and loc == ("folders",):
+        return ConfigError(
+            f"{where}: no folder is listed; add at least one, e.g. `- path: /srv/scans/inbox`"
+        )
+    if err["type"] == "too_short":
+        return ConfigError(f"{where}: the list is empty; add at least one item")
     if err["type"] == "value_error":  # our own validators already say what to do
         return ConfigError(f"{where}: {str(err['msg']).removeprefix('Value error, ')}")
     return ConfigError(f"{where}: {err['msg']}; fix the value")

@@ -231,11 +231,74 @@ def nearest(word: str, choices: Iterable[str]) -> str | None:
     return found[0] if found else None
 
 
-def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
+# What people write for a language, in its own tongue or in everyday English, that the API
+# spells otherwise: a hint only (the value must still be the API's word). Without it,
+# `Deutsch` is closest to `Dutch`.
+LANGUAGE_HINTS: Final[Mapping[str, str]] = {
+    "deutsch": "German",
+    "francais": "French",
+    "français": "French",
+    "espanol": "Spanish",
+    "español": "Spanish",
+    "castellano": "Spanish",
+    "italiano": "Italian",
+    "portugues": "Portuguese",
+    "português": "Portuguese",
+    "polski": "Polish",
+    "nederlands": "Dutch",
+    "vlaams": "Dutch",
+    "svenska": "Swedish",
+    "dansk": "Danish",
+    "norsk": "Norwegian",
+    "suomi": "Finnish",
+    "cestina": "Czech",
+    "čeština": "Czech",
+    "slovencina": "Slovak",
+    "slovenčina": "Slovak",
+    "slovenscina": "Slovene",
+    "slovenščina": "Slovene",
+    "slovenian": "Slovene",
+    "hrvatski": "Croatian",
+    "srpski": "Serbian",
+    "magyar": "Hungarian",
+    "romana": "Romanian",
+    "română": "Romanian",
+    "eesti": "Estonian",
+    "lietuviu": "Lithuanian",
+    "lietuvių": "Lithuanian",
+    "latviesu": "Latvian",
+    "latviešu": "Latvian",
+    "turkce": "Turkish",
+    "türkçe": "Turkish",
+    "catala": "Catalan",
+    "català": "Catalan",
+    "русский": "Russian",
+    "українська": "Ukrainan",
+    "ukrainian": "Ukrainan",
+    "български": "Bulgarian",
+    "ελληνικά": "Greek",
+    "עברית": "Hebrew",
+    "العربية": "Arabic",
+    "中文": "Chinese",
+    "日本語": "Japanese",
+    "한국어": "Korean",
+    "kazakh": "Kazah",
+    "belarusian": "Belorussian",
+}
+
+
+def check_choice(
+    value: str,
+    choices: tuple[str, ...],
+    what: str,
+    hints: Mapping[str, str] | None = None,
+) -> str:
     """Return `value` if the API knows it; else raise ValueError naming the nearest valid one."""
     if value in choices:
         return value
-    hint = nearest(value, choices) if len(value) <= 100 else None
+    hint = (hints or {}).get(value.strip().lower()) or (
+        nearest(value, choices) if len(value) <= 100 else None
+    )
     suffix = (
         f"; did you mean `{hint}`?"
         if hint

@@ -100,7 +100,8 @@ def unreachable(exc: requests.RequestException, what: str, url: str) -> str:
         return f"{what} at {host}: the proxy failed; check api.proxy (or HTTPS_PROXY/HTTP_PROXY)"
     if isinstance(exc, requests.exceptions.Timeout):
         return f"{what} at {host} did not answer in time ({type(exc).__name__})"
+    key = "api.token_url (or api.base_url)" if "token" in what else "api.base_url"
     return (
-        f"{what} at {host} cannot be reached ({type(exc).__name__}); check api.base_url "
-        "and the network"
+        f"{what} at {url} cannot be reached ({type(exc).__name__}); check {key}, "
+        "the network and any proxy"
     )

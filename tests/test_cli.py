@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 from typing import Any
@@ -209,6 +210,50 @@ def test_check_prints_each_folder_with_resolved_profile(tmp_path, emulator):
     )
     assert f"folder: {b}  (missing: will be watched once it appears)" in result.stdout
     assert "polling every 10s" in result.stdout
+
+
+def test_check_online_fetches_one_token_and_names_the_url_on_failure(
+    tmp_path, emulator
+):
+    """--online: a working config fetches one token and uploads nothing; a wrong secret or
+    a wrong port is exit 1 with one sentence naming the URL, after one token call."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = write_config(tmp_path / "good.yaml", emulator.url, [{"path": str(folder)}])
+    dead_url = "http://127.0.0.1:9"  # the discard port: nothing listens
+    dead = write_config(tmp_path / "dead.yaml", dead_url, [{"path": str(folder)}])
+
+    ok = run("check", "--online", "-c", str(good))
+    offline = run(
+        "check", "-c", str(good), env=cli_env(OCRWATCH_CLIENT_SECRET="wrong-secret")
+    )
+    refused = run(
+        "check",
+        "--online",
+        "-c",
+        str(good),
+        env=cli_env(OCRWATCH_CLIENT_SECRET="wrong-secret"),
+    )
+    unreachable = run("check", "--online", "-c", str(dead))
+
+    token_url = f"{emulator.url}/connect/token"
+    assert 0 == ok.returncode, ok.stderr
+    assert f"online: {token_url} issued a token; the credentials work" in ok.stdout
+    assert 0 == offline.returncode  # without --online nothing is asked of the service
+    assert 1 == refused.returncode
+    assert [
+        f"ocrwatch: check --online: {token_url}: the token endpoint refused client_id "
+        "`test-client` (HTTP 400, invalid_client); check api.client_id and the client secret"
+    ] == [line for line in refused.stderr.splitlines() if not line.startswith("{")]
+    assert 1 == unreachable.returncode
+    assert (
+        f"ocrwatch: check --online: the token endpoint at {dead_url}/connect/token "
+        "cannot be reached (ConnectionError)" in unreachable.stderr
+    )
+    assert "Traceback" not in refused.stderr + unreachable.stderr
+    assert "wrong-secret" not in refused.stdout + refused.stderr
+    assert [] == emulator.submissions()
+    assert 2 == emulator.token_calls
 
 
 def test_status_before_any_journal(config_file):
@@ -462,3 +507,19 @@ def test_a_reader_that_left_gets_no_traceback(config_file):
     assert b"Traceback" not in err
     assert b"BrokenPipeError" not in err
     assert 141 == proc.returncode
+
+
+def test_every_subcommand_help_has_a_description_and_the_emulator_its_defaults():
+    """`ocrwatch X --help` says what X does; the emulator's help names its defaults and
+    offers no `-c`, which it does not read."""
+    from ocrwatch.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    subparsers: dict[str, argparse.ArgumentParser] = dict(action.choices or {})
+    for name, sub in subparsers.items():
+        assert len(sub.description or "") > 40, name
+    emulator_help = subparsers["emulator"].format_help()
+    assert "--config" not in emulator_help
+    assert "(default: 8089)" in emulator_help
+    assert "(default: emulator)" in emulator_help

@@ -21,15 +21,14 @@ def test_example_config_is_valid():
     assert [False, True] == [f.polling for f in config.folders]
 
 
-def test_demo_submits_the_sample_images(tmp_path):
-    """The demo starts the emulator and the daemon and gets a GUID sidecar for every sample."""
-    result = subprocess.run(
+def run_demo(where: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [
             sys.executable,
             str(REPO / "examples" / "demo.py"),
             "--once",
             "--dir",
-            str(tmp_path),
+            str(where),
         ],
         capture_output=True,
         text=True,
@@ -38,12 +37,26 @@ def test_demo_submits_the_sample_images(tmp_path):
         check=False,
     )
 
+
+def test_demo_submits_the_sample_images(tmp_path):
+    """The demo starts the emulator and the daemon and gets a GUID sidecar for every sample;
+    a second run in the same folder shows its own GUIDs and text, not the first run's."""
     samples = sorted(p.name for p in (REPO / "examples").glob("*.png"))
-    assert 0 == result.returncode, result.stderr[-2000:]
-    assert [s + ".guid" for s in samples] == sorted(
-        p.name for p in (tmp_path / "inbox").glob("*.guid")
-    )
-    assert (
-        "recognized text of scan-0001.png: Recognized by the ocrwatch emulator"
-        in result.stdout
-    )
+    guids = []
+    for _ in range(2):
+        result = run_demo(tmp_path)
+
+        assert 0 == result.returncode, result.stderr[-2000:]
+        assert [s + ".guid" for s in samples] == sorted(
+            p.name for p in (tmp_path / "inbox").glob("*.guid")
+        )
+        assert (
+            "recognized text of scan-0001.png: Recognized by the ocrwatch emulator"
+            in result.stdout
+        ), result.stdout
+        printed = [line for line in result.stdout.splitlines() if ".png.guid: " in line]
+        guids.append(printed)
+        assert [
+            (tmp_path / "inbox" / f"{s}.guid").read_text().strip() for s in samples
+        ] == [line.split(": ", 1)[1] for line in printed[: len(samples)]]
+    assert not set(guids[0]) & set(guids[1])

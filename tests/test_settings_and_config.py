@@ -123,6 +123,26 @@ class TestParseConfig:
                 id="unknown-language",
             ),
             pytest.param(
+                with_(profiles={"p": {"language": "Deutsch"}}),
+                "c.yaml: profiles.p.language: unknown language `Deutsch`; did you mean `German`?",
+                id="native-language-name",
+            ),
+            pytest.param(
+                with_(profiles={"p": {"language": "Nederlands"}}),
+                "c.yaml: profiles.p.language: unknown language `Nederlands`; did you mean `Dutch`?",
+                id="native-language-name-2",
+            ),
+            pytest.param(
+                with_(profiles={"p": {"rotate": 90, "Rotate": 180}}),
+                "c.yaml: profiles.p.rotate: set twice, as `Rotate` and as `rotate`; keep one of them",
+                id="rotate-twice",
+            ),
+            pytest.param(
+                {**BASE, "folders": []},
+                "c.yaml: folders: no folder is listed; add at least one, e.g. `- path: /srv/scans/inbox`",
+                id="empty-folders",
+            ),
+            pytest.param(
                 with_(profiles={"p": {"resultType": "text"}}),
                 "c.yaml: profiles.p.resultType: unknown resultType `text`; did you mean `Text`?",
                 id="enum-case",
