@@ -20,6 +20,7 @@ import requests
 from ocrwatch.config import Credentials
 from ocrwatch.errors import ApiError, AuthError, TokenRateLimitError, TransientApiError
 from ocrwatch.log import register_secret
+from ocrwatch.metrics import Metrics
 from ocrwatch.retry import parse_retry_after
 from ocrwatch.transport import Answer, call
 
@@ -38,8 +39,10 @@ class TokenCache:
         refresh_margin_s: float = REFRESH_MARGIN_S,
         auth_retry_s: float = math.inf,
         max_wait_s: float = math.inf,
+        metrics: Metrics | None = None,
     ) -> None:
         self._fetch = fetch
+        self._metrics = metrics or Metrics()
         self._clock = clock
         self._margin_s = refresh_margin_s
         self._auth_retry_s = auth_retry_s
@@ -65,7 +68,7 @@ class TokenCache:
                     retry_after_s=self._limited_until - now,
                 )
             try:
-                token, lifetime_s = self._fetch()
+                token, lifetime_s = self._counted_fetch()
             except TokenRateLimitError as exc:
                 if self._refusal is None:
                     # Retry-After counts from the answer, not from the question.
@@ -94,6 +97,18 @@ class TokenCache:
             # A short-lived token (tests use 1 s) still gets half its life before a refresh.
             self._refresh_at = now + lifetime_s - min(self._margin_s, lifetime_s / 2)
             return token
+
+    def _counted_fetch(self) -> tuple[str, float]:
+        try:
+            fetched = self._fetch()
+        except AuthError:
+            self._metrics.token_fetched("refused")
+            raise
+        except Exception:
+            self._metrics.token_fetched("failed")
+            raise
+        self._metrics.token_fetched("ok")
+        return fetched
 
     def invalidate(self, token: str) -> None:
         """Forget `token` (the API answered 401/403 to it), unless another worker already replaced it."""

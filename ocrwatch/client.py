@@ -8,6 +8,7 @@ Nothing above this module imports `requests`.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import errno
 import hashlib
 import json
@@ -39,6 +40,7 @@ from ocrwatch.errors import (
     TransientApiError,
 )
 from ocrwatch.log import redact_text, register_secret
+from ocrwatch.metrics import Metrics
 from ocrwatch.retry import RetryPolicy, parse_retry_after
 from ocrwatch.settings import Settings
 from ocrwatch.transport import SMALL_ANSWER, Answer, call
@@ -214,11 +216,14 @@ class OcrClient:
         *,
         policy: RetryPolicy | None = None,
         auth_retry_s: float = math.inf,
+        metrics: Metrics | None = None,
     ) -> None:
         self._timeout = (api.timeout.connect, api.timeout.read)
         self._policy = policy or RetryPolicy(
             max_attempts=api.retry.max_attempts, max_delay_s=api.retry.max_delay
         )
+        if metrics is not None:
+            self._policy = dataclasses.replace(self._policy, on_retry=metrics.retried)
         self._local = threading.local()
         self.trial = api.trial or credentials is None
         endpoint = "RecognizeImageTrial" if self.trial else "RecognizeImage"
@@ -236,6 +241,7 @@ class OcrClient:
                 ),
                 auth_retry_s=auth_retry_s,
                 max_wait_s=api.retry.max_delay,
+                metrics=metrics,
             )
 
     def check_credentials(self) -> bool:

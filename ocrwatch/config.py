@@ -192,6 +192,62 @@ class FolderConfig(Model):
     settle_seconds: Annotated[float, Field(ge=0, le=3600)] = 2.0
 
 
+DEFAULT_METRICS_LISTEN: Final = "127.0.0.1:9464"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port`, or a bare port (`9464`, `:9464`) on loopback: (host, port)."""
+    text = value.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = "", text
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        bracketed = True
+    else:
+        bracketed = False
+    try:
+        if not (port_text.isascii() and port_text.isdigit()):
+            raise ValueError
+        port = int(port_text)
+        if not 0 <= port <= 65535:
+            raise ValueError
+        if host and host != "localhost":
+            address = ipaddress.ip_address(host)
+            if (address.version == 6) != bracketed:
+                raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"`{shorten(value, 80)}` is not host:port with an IP address (or localhost) "
+            f"and a port 0-65535; use e.g. {DEFAULT_METRICS_LISTEN}"
+        ) from None
+    return host or "127.0.0.1", port
+
+
+class MetricsConfig(Model):
+    """Where `run` serves Prometheus `/metrics` and `/healthz`: loopback unless a host is written."""
+
+    listen: str = DEFAULT_METRICS_LISTEN
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _listen(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # `listen: 9464`
+        if isinstance(value, str):
+            host, port = parse_listen(value)
+            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return value
+
+    @property
+    def host(self) -> str:
+        return parse_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return parse_listen(self.listen)[1]
+
+
 class SettingsSpec(Model):
     """The API's setting keys as YAML spells them; shared by profiles and `.ocrwatch.yaml`."""
 
@@ -256,6 +312,7 @@ class Config(Model):
     # A still-truncated image gets an `.error` once it has been quiet this long.
     incomplete_timeout: Annotated[Duration, Field(le=7 * 86400)] = 600.0
     shutdown_timeout: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    metrics: MetricsConfig | None = None  # absent: nothing listens
     folders: Annotated[tuple[FolderConfig, ...], Field(min_length=1)]
     profiles: dict[str, ProfileSpec] = Field(
         default_factory=lambda: {"default": ProfileSpec()}

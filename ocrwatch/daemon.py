@@ -20,11 +20,12 @@ import structlog
 
 from ocrwatch.catchup import CatchUp
 from ocrwatch.config import Config, Credentials, load_settings
-from ocrwatch.errors import ConfigError, JournalError
+from ocrwatch.errors import ConfigError, JournalError, ListenError
 from ocrwatch.intake import Intake
 from ocrwatch.jobloop import JobLoop
 from ocrwatch.journal import Journal
 from ocrwatch.lifecycle import Flags, signal_flags, state_lock
+from ocrwatch.metrics import Endpoint, Gauges, Metrics, make_app
 from ocrwatch.outcome import restore_guid
 from ocrwatch.runtime import Runtime
 from ocrwatch.selection import Found
@@ -66,6 +67,34 @@ class Health:
     in_flight: int
     paused: bool  # waiting out refused credentials or senseless answers
     settling: int
+    observers: int = 0  # watched folders
+    observers_alive: int = 0  # of them, with a running observer
+    workers_alive: int = 0
+    workers_wanted: int = 0  # api.concurrency, once started
+    credentials_refused: bool = False  # paused because the service refused them
+
+
+def health_problems(health: Health) -> list[str]:
+    """Why the daemon is not doing its job, for `/healthz`; empty while it is."""
+    if not health.started:
+        return ["starting"]
+    problems = []
+    if health.observers_alive < health.observers:
+        missing = ", ".join(sorted(str(p) for p in health.missing))
+        problems.append(
+            f"watchers: {health.observers - health.observers_alive} of {health.observers} "
+            f"folders not watched{f' (missing: {missing})' if missing else ''}"
+        )
+    if health.workers_alive < health.workers_wanted:
+        problems.append(
+            f"workers: {health.workers_alive} of {health.workers_wanted} upload threads alive"
+        )
+    if health.credentials_refused:
+        problems.append(
+            "credentials: the service refused them and uploads are paused; "
+            "fix api.client_id or the secret, then reload"
+        )
+    return problems
 
 
 class Daemon:
@@ -85,13 +114,15 @@ class Daemon:
         self.clock = clock
         self.flags = Flags()
         self.items: queue.SimpleQueue[Item] = queue.SimpleQueue()
-        runtime = Runtime.build(config, credentials)
-        self.loop = JobLoop(journal, runtime, clock=clock)
+        self.metrics = Metrics()
+        runtime = Runtime.build(config, credentials, self.metrics)
+        self.loop = JobLoop(journal, runtime, clock=clock, metrics=self.metrics)
         self.intake = Intake(
             journal,
             runtime.folders,
             on_queued=self.loop.wake,
             on_override_edit=lambda path: self.loop.runtime.book.invalidate(path),
+            metrics=self.metrics,
         )
         self.watchers = WatcherSet(
             on_activity=lambda root, path, is_dir: self.items.put(
@@ -104,6 +135,10 @@ class Daemon:
             emit=self.items.put,
             restore=lambda found, guid: restore_guid(Path(found.path), guid),
             clock=clock,
+        )
+        self.metrics.watch(self._gauges)
+        self.endpoint = Endpoint(
+            make_app(self.metrics, lambda: health_problems(self.health()))
         )
         self._started = False
         self._rebuilds_seen = journal.rebuilds
@@ -132,6 +167,9 @@ class Daemon:
         return self.loop.runtime.config
 
     def health(self) -> Health:
+        """Safe to call from any thread (the metrics listener calls it)."""
+        folders = self.loop.runtime.folders
+        watchers = [self.watchers.get(root) for root in folders]
         return Health(
             started=self._started,
             scans_finished=self.catchup.scans_finished,
@@ -140,6 +178,35 @@ class Daemon:
             in_flight=self.loop.in_flight,
             paused=self.loop.paused,
             settling=len(self.intake),
+            observers=len(folders),
+            observers_alive=sum(w is not None and w.is_alive() for w in watchers),
+            workers_alive=self.loop.workers_alive,
+            workers_wanted=self.loop.concurrency,
+            credentials_refused=self.loop.credentials_refused,
+        )
+
+    def _gauges(self) -> Gauges:
+        """The scrape-time gauges: the journal is read here, not in the upload path."""
+        health = self.health()
+        try:
+            counts = self.journal.counts()
+            held: int | None = self.journal.held_count()
+            since = self.journal.oldest_queued_at()
+        except JournalError:
+            counts, held, since = None, None, None
+        return Gauges(
+            queue_depth=None
+            if counts is None
+            else counts["queued"] + counts["failed"] + counts["submitting"],
+            oldest_queued_age_s=None
+            if counts is None
+            else (0.0 if since is None else max(0.0, self.clock() - since)),
+            held=held,
+            observers=health.observers,
+            observers_alive=health.observers_alive,
+            workers_alive=health.workers_alive,
+            in_flight=health.in_flight,
+            paused=health.paused,
         )
 
     def run(self, *, install_signals: bool = True) -> int:
@@ -148,11 +215,18 @@ class Daemon:
             signal_flags(self.flags) if install_signals else contextlib.nullcontext()
         )
         with signals:
-            self._start()
-            self._loop()
-            return self._shutdown()
+            try:
+                self._start()
+                self._loop()
+                return self._shutdown()
+            finally:
+                self.endpoint.stop()
 
     def _start(self) -> None:
+        try:
+            self.endpoint.start(_listen_at(self.config))
+        except ListenError as exc:  # exit 1 before anything began
+            raise ListenError(f"{self.config_path}: {exc}") from None
         resumed = self._try_resume()  # a full state_dir: the daemon starts and waits
         folders = self.loop.runtime.folders
         self.watchers.apply(folders)
@@ -167,6 +241,7 @@ class Daemon:
             polling=[str(f.path) for f in self.config.folders if f.polling],
             resumed=resumed,
             concurrency=self.config.api.concurrency,
+            metrics=self.endpoint.address,
         )
 
     def _loop(self) -> None:
@@ -258,7 +333,7 @@ class Daemon:
                 raise ConfigError(
                     f"{self.config_path}: state_dir: changing it needs a restart, not a reload"
                 )
-            runtime = Runtime.build(config, credentials)
+            runtime = Runtime.build(config, credentials, self.metrics)
         except ConfigError as exc:
             log.error(
                 "config.reload_failed", error=str(exc), kept="the previous config"
@@ -274,6 +349,7 @@ class Daemon:
             )
             return
         self.loop.swap(runtime)
+        self._move_endpoint(config)
         self.intake.update(runtime.folders)
         self.watchers.apply(runtime.folders)
         for root in runtime.folders:
@@ -283,6 +359,16 @@ class Daemon:
             folders=[str(r) for r in runtime.folders],
             concurrency=config.api.concurrency,
         )
+
+    def _move_endpoint(self, config: Config) -> None:
+        before = self.endpoint.address
+        try:
+            self.endpoint.move(_listen_at(config))
+        except ListenError as exc:
+            log.error("metrics.move_failed", error=str(exc), kept=self.endpoint.address)
+            return
+        if self.endpoint.address != before:
+            log.info("metrics.moved", address=self.endpoint.address)
 
     def _shutdown(self) -> int:
         log.info(
@@ -305,3 +391,9 @@ class Daemon:
             counts = str(exc)
         log.info("daemon.stopped", counts=counts)
         return 0
+
+
+def _listen_at(config: Config) -> tuple[str, int] | None:
+    return (
+        None if config.metrics is None else (config.metrics.host, config.metrics.port)
+    )

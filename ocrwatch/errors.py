@@ -10,6 +10,7 @@ OcrwatchError                  fatal unless caught per file; exit 1
 │   │   └── TokenRateLimitError  the token endpoint's 429 -- wait (up to retry.max_delay), retry
 │   └── ProtocolError          a 200 that makes no sense (no task id) -- not retried at once:
 │                              each POST may be billed; every upload waits 10 min to 1 h
+├── ListenError                the metrics listener cannot bind (a port in use); exit 1
 ├── SidecarError               a sidecar could not be written (read-only share, disk full)
 ├── FileChangedError           the file changed while it was read -- settle again, then resubmit
 └── RejectedError              this file can never succeed as it is -> `.error` sidecar
@@ -72,6 +73,10 @@ class ProtocolError(ApiError):
 
 class TokenRateLimitError(TransientApiError):
     """The token endpoint asked us to slow down: wait its Retry-After (capped), then retry."""
+
+
+class ListenError(OcrwatchError):
+    """`metrics.listen` cannot be bound: something else holds the port, or the host is not ours."""
 
 
 class SidecarError(OcrwatchError):

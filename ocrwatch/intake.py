@@ -16,6 +16,7 @@ import structlog
 from ocrwatch.config import FolderConfig
 from ocrwatch.errors import JournalError
 from ocrwatch.journal import Job, Journal
+from ocrwatch.metrics import Metrics
 from ocrwatch.profiles import OVERRIDE_NAME
 from ocrwatch.selection import (
     Found,
@@ -53,8 +54,10 @@ class Intake:
         *,
         on_queued: Callable[[], None],
         on_override_edit: Callable[[Path], None],
+        metrics: Metrics | None = None,
     ) -> None:
         self._journal = journal
+        self._metrics = metrics or Metrics()
         self._folders = dict(folders)
         self._on_queued = on_queued  # wakes the job loop
         # Drops the profile cache's copy: an edit within one mtime tick keeps size and inode.
@@ -142,6 +145,7 @@ class Intake:
             self._journal_down = False
             log.info("intake.resumed", queued=len(queued))
         self._unnoted = {}
+        self._metrics.files_seen(len(queued))
         if queued:
             self._on_queued()
         for job in queued:

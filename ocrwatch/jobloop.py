@@ -30,6 +30,7 @@ from ocrwatch.errors import (
     TransientApiError,
 )
 from ocrwatch.journal import Job, Journal
+from ocrwatch.metrics import Metrics
 from ocrwatch.outcome import Recorder, Result, look_at, remove_stale_guid
 from ocrwatch.preflight import (
     Receipt,
@@ -68,13 +69,17 @@ class JobLoop:
         *,
         clock: Callable[[], float] = time.time,
         one_shot: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         self._journal = journal
         journal.in_flight = self.in_flight_jobs
         self._runtime = runtime
         self._clock = clock
+        self._metrics = metrics or Metrics()
         # `one_shot` (`submit`): a file that is not ready is reported, not waited for.
-        self._recorder = Recorder(journal, clock=clock, one_shot=one_shot)
+        self._recorder = Recorder(
+            journal, clock=clock, one_shot=one_shot, metrics=self._metrics
+        )
         # Guards everything below; waited on by idle threads, notified by wake/resize/stop.
         self._cond = threading.Condition()
         # Bumped by wake(): a wake between a claim and the wait that follows is kept.
@@ -84,6 +89,9 @@ class JobLoop:
         self._threads: dict[int, threading.Thread] = {}
         self._in_flight: dict[Path, Job] = {}
         self._paused_until = 0.0
+        self._paused_for = (
+            ""  # what the pause waits out: "credentials" or "bad answers"
+        )
         # The last pause for senseless answers; 0 once an answer made sense.
         self._protocol_pause_s = 0.0
         self._journal_down = False
@@ -108,9 +116,26 @@ class JobLoop:
             return len(self._in_flight)
 
     @property
+    def workers_alive(self) -> int:
+        with self._cond:
+            return sum(t.is_alive() for t in self._threads.values())
+
+    @property
+    def concurrency(self) -> int:
+        """The threads it is meant to run (0 before `start()`)."""
+        with self._cond:
+            return self._size
+
+    @property
     def paused(self) -> bool:
         """Uploads wait out refused credentials, or answers that made no sense."""
         return self._clock() < self._paused_until
+
+    @property
+    def credentials_refused(self) -> bool:
+        """Uploads wait because the service refused the credentials."""
+        with self._cond:
+            return self.paused and self._paused_for == "credentials"
 
     def start(self) -> None:
         self.resize(self._runtime.config.api.concurrency)
@@ -313,6 +338,7 @@ class JobLoop:
         key = content_key(resolved.settings, runtime.client.trial)
         if early := self._before_upload(job, fd, look, key, runtime):
             return early
+        upload_started = time.monotonic()
         try:
             sub = runtime.client.submit(job.path, resolved.settings, fd=fd)
         except RejectedError as exc:
@@ -328,6 +354,7 @@ class JobLoop:
             return rec.retry_later(job, str(exc), exc.retry_after_s, exc.attempts)
         except ProtocolError as exc:
             return self._protocol_pause(job, exc, runtime)
+        self._metrics.upload_accepted(time.monotonic() - upload_started)
         if sub.changed is not None:
             now_sha256 = self._sha256_of(job.path)
             return rec.changed_after_upload(
@@ -433,7 +460,7 @@ class JobLoop:
             )
             return self._protocol_pause_s
 
-        started, wait = self._pause_uploads(runtime, longer)
+        started, wait = self._pause_uploads(runtime, longer, "bad answers")
         if started:
             log.error(
                 "uploads.paused_for_bad_answers",
@@ -453,6 +480,7 @@ class JobLoop:
                 AUTH_RETRY_S if exc.retry_after_s is None else exc.retry_after_s,
                 AUTH_PAUSE_MAX_S,
             ),
+            "credentials",
         )
         if started:
             log.error(
@@ -464,7 +492,7 @@ class JobLoop:
         return result
 
     def _pause_uploads(
-        self, runtime: Runtime, length: Callable[[], float]
+        self, runtime: Runtime, length: Callable[[], float], cause: str
     ) -> tuple[bool, float]:
         """Every upload waits `length()` seconds, unless a pause runs already (several workers
         may meet the trouble at once: one pause, one log line) or a reload replaced `runtime`
@@ -474,4 +502,5 @@ class JobLoop:
             started = runtime is self._runtime and now >= self._paused_until
             if started:
                 self._paused_until = now + length()
+                self._paused_for = cause
             return started, max(0.0, self._paused_until - now)

@@ -205,10 +205,12 @@ class Journal:
             return True
         state, old_size, old_mtime = row
         if state in DONE_STATES and (old_size, old_mtime) != (job.size, job.mtime_ns):
+            # Queued anew: its wait (and its place in the queue) starts now.
             db.execute(
                 "UPDATE files SET state='queued', size=?, mtime_ns=?, attempts=0, next_attempt_at=0, "
-                "last_error=NULL, held=0, root=?, profile=NULL, updated_at=? WHERE path=?",
-                (job.size, job.mtime_ns, root, now, path),
+                "last_error=NULL, held=0, root=?, profile=NULL, created_at=?, updated_at=? "
+                "WHERE path=?",
+                (job.size, job.mtime_ns, root, now, now, path),
             )
             return True
         if state == "queued" and (old_size, old_mtime) != (job.size, job.mtime_ns):
@@ -463,6 +465,15 @@ class Journal:
 
     def held_count(self) -> int:
         return int(self._file.query("SELECT COUNT(*) FROM files WHERE held=1")[0][0])
+
+    def oldest_queued_at(self) -> float | None:
+        """When the file that has waited longest to be sent was queued (held ones left out)."""
+        rows = self._file.query(
+            "SELECT MIN(created_at) FROM files"
+            " WHERE state IN ('queued','failed','submitting') AND held=0"
+        )
+        value = rows[0][0]
+        return None if value is None else float(value)
 
     def next_due_at(self) -> float:
         rows = self._file.query(

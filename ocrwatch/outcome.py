@@ -22,6 +22,7 @@ import structlog
 from ocrwatch.client import Submission
 from ocrwatch.errors import JournalError, SidecarError
 from ocrwatch.journal import Job, Journal
+from ocrwatch.metrics import Metrics
 from ocrwatch.preflight import Receipt
 from ocrwatch.retry import next_attempt_at
 from ocrwatch.runtime import Runtime
@@ -93,9 +94,11 @@ class Recorder:
         *,
         clock: Callable[[], float] = time.time,
         one_shot: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         self._journal = journal
         self._clock = clock
+        self._metrics = metrics or Metrics()
         # `submit`: report a file that is not ready, do not wait.
         self._one_shot = one_shot
         self._held_logged: set[object] = set()
@@ -195,6 +198,7 @@ class Recorder:
             accepted_at=accepted_at,
         )
         self._write_guid(job, guid, runtime)
+        self._metrics.deduplicated()
         log.info("job.deduplicated", path=str(job.path), same_as=str(source), guid=guid)
         # This content under a name that is gone (it was renamed or moved to this one).
         for other, other_guid in self._journal.same_content(
@@ -280,6 +284,7 @@ class Recorder:
             mtime_ns=job.mtime_ns,
             now=self._clock(),
         )
+        self._metrics.rejected()
         log.warning("job.rejected", path=str(job.path), error=reason)
         return Result(Outcome.REJECTED, reason)
 
@@ -293,6 +298,7 @@ class Recorder:
         now = self._clock()
         when = next_attempt_at(job.attempts + 1, now, retry_after_s)
         self._journal.mark_failed(job.path, error=error, next_attempt_at=when, now=now)
+        self._metrics.retry_later()
         log.warning(
             "job.retry_later",
             path=str(job.path),

@@ -72,6 +72,10 @@ def _retry_after(state: tenacity.RetryCallState) -> tuple[float | None, bool]:
     return exc.retry_after_s, isinstance(exc, TokenRateLimitError)
 
 
+def _nothing() -> None:
+    pass
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """How hard to try one submission before handing it back to the journal for later."""
@@ -80,6 +84,7 @@ class RetryPolicy:
     max_delay_s: float = 120.0
     give_up_after_s: float = 600.0
     sleep: Callable[[float], None] = field(default=time.sleep)
+    on_retry: Callable[[], None] = field(default=_nothing)  # counts retries (metrics)
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         jittered = tenacity.wait_random_exponential(
@@ -107,6 +112,18 @@ class RetryPolicy:
         retry_after, token = _retry_after(state)
         return not token and retry_after is not None and retry_after > self.max_delay_s
 
+    def _before_sleep(
+        self, state: tenacity.RetryCallState, context: dict[str, object]
+    ) -> None:
+        self.on_retry()
+        log.info(
+            "submission.retry_scheduled",
+            attempt=state.attempt_number,
+            wait_s=round(state.upcoming_sleep, 3),
+            error=str(state.outcome.exception()) if state.outcome else None,
+            **context,
+        )
+
     def call(self, fn: Callable[[], T], **context: object) -> tuple[T, int]:
         """Run `fn`, retrying TransientApiError with full-jitter backoff; return its value and attempts.
 
@@ -117,13 +134,7 @@ class RetryPolicy:
             stop=self._stop,
             wait=self._wait,
             sleep=self.sleep,
-            before_sleep=lambda state: log.info(
-                "submission.retry_scheduled",
-                attempt=state.attempt_number,
-                wait_s=round(state.upcoming_sleep, 3),
-                error=str(state.outcome.exception()) if state.outcome else None,
-                **context,
-            ),
+            before_sleep=lambda state: self._before_sleep(state, context),
             reraise=True,
         )
         try:

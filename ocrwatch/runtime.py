@@ -15,6 +15,7 @@ from typing import Final
 from ocrwatch.client import OcrClient
 from ocrwatch.config import Config, Credentials, FolderConfig
 from ocrwatch.journal import Job
+from ocrwatch.metrics import Metrics
 from ocrwatch.profiles import ProfileBook
 
 # A refusal is retried at most once a minute, or after the service's Retry-After.
@@ -33,10 +34,17 @@ class Runtime:
     staging: Path | None  # where sidecars are prepared, if it is usable
 
     @classmethod
-    def build(cls, config: Config, credentials: Credentials | None) -> Runtime:
+    def build(
+        cls,
+        config: Config,
+        credentials: Credentials | None,
+        metrics: Metrics | None = None,
+    ) -> Runtime:
         return cls(
             config,
-            OcrClient(config.api, credentials, auth_retry_s=AUTH_RETRY_S),
+            OcrClient(
+                config.api, credentials, auth_retry_s=AUTH_RETRY_S, metrics=metrics
+            ),
             ProfileBook(config),
             {f.path.absolute(): f for f in config.folders},
             _staging(config.state_dir),
