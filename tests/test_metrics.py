@@ -477,3 +477,23 @@ class TestTokenFetchCount:
         }
         expected = dict.fromkeys(("ok", "refused", "failed"), 0.0) | {result: 1.0}
         assert expected == counted
+
+
+def test_healthz_names_a_folder_that_is_not_watched(tmp_path, inbox, emulator):
+    """A watched folder that is missing has no observer: 503 naming it, until it appears."""
+    late = tmp_path / "late"
+    config = write_config(
+        tmp_path / "config.yaml",
+        emulator.url,
+        [{"path": str(inbox)}, {"path": str(late)}],
+        metrics={"listen": "127.0.0.1:0"},
+    )
+    with daemon_thread(config, folders=2) as daemon:
+        address = str(daemon.endpoint.address)
+        missing = healthz(address)
+        alive = value(scrape(address), "ocrwatch_observers_alive")
+        late.mkdir()
+        wait_until(lambda: healthz(address)[0] == 200, 10, "watched once it appeared")
+
+    assert (503, f"watchers: 1 of 2 folders not watched (missing: {late})\n") == missing
+    assert 1.0 == alive
