@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import socket
 import socketserver
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ocrwatch.errors import ListenError
+
+log = structlog.get_logger()
 
 # Service calls take 0.3-3 s; retries within one submission and big scans take minutes.
 UPLOAD_BUCKETS_S: Final = (
@@ -212,6 +216,11 @@ def make_app(metrics: Metrics, problems: Callable[[], list[str]]) -> App:
 
 class _Server(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True  # a slow scraper never holds up a stop
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A scraper that hung up mid-answer: one log line, not a traceback on stderr."""
+        error = sys.exc_info()[1]
+        log.warning("metrics.request_failed", error=f"{type(error).__name__}: {error}")
 
 
 class _Server6(_Server):

@@ -176,6 +176,7 @@ def test_healthz_turns_503_while_credentials_are_refused_and_200_after_a_fix(
         daemon.flags.reload = True
         wait_until(lambda: (inbox / "scan.png.guid").exists(), 10, "sent after fix")
         after = healthz(address)
+        fixed = scrape(address)
 
     assert (200, "ok\n") == before
     assert 503 == status
@@ -187,6 +188,11 @@ def test_healthz_turns_503_while_credentials_are_refused_and_200_after_a_fix(
     )
     assert value(paused, "ocrwatch_oldest_queued_age_seconds") > 0
     assert (200, "ok\n") == after
+    assert (1.0, 1.0, 0.0) == (  # the reloaded client counts into the same registry
+        value(fixed, "ocrwatch_files_submitted_total"),
+        value(fixed, "ocrwatch_token_fetches_total", result="ok"),
+        value(fixed, "ocrwatch_paused"),
+    )
 
 
 def test_other_paths_are_404(config):
