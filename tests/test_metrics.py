@@ -22,6 +22,7 @@ from ocrwatch.auth import TokenCache
 from ocrwatch.config import parse_config
 from ocrwatch.daemon import Health, health_problems
 from ocrwatch.errors import AuthError, ConfigError, TransientApiError
+from ocrwatch.journal import Job, Journal
 from ocrwatch.metrics import Metrics
 
 from .conftest import OCRWATCH, cli_env, wait_until, write_config
@@ -503,3 +504,25 @@ def test_healthz_names_a_folder_that_is_not_watched(tmp_path, inbox, emulator):
 
     assert (503, f"watchers: 1 of 2 folders not watched (missing: {late})\n") == missing
     assert 1.0 == alive
+
+
+class TestOldestQueued:
+    def test_a_file_queued_anew_waits_from_then_and_held_ones_do_not_count(
+        self, tmp_path
+    ):
+        """A done file whose content changed waits from its new queueing, not its first sight;
+        a held file waits on the user and is left out."""
+        journal = Journal(tmp_path / "journal.sqlite3")
+        root = tmp_path / "inbox"
+        done, held = Job(root / "a.png", root, 1, 1), Job(root / "b.png", root, 1, 1)
+        journal.note_many([done, held], now=100.0)
+        journal.hold(held.path, reason="held: bad .ocrwatch.yaml", now=100.0)
+        journal.mark_submitted(
+            done.path, guid="g", sha256=None, size=1, mtime_ns=1, now=110.0
+        )
+        nothing_waits = journal.oldest_queued_at()
+
+        journal.note_many([Job(done.path, root, 2, 2)], now=200.0)
+
+        assert (None, 200.0) == (nothing_waits, journal.oldest_queued_at())
+        journal.close()
