@@ -26,7 +26,14 @@ from ocrwatch.journal import Job, Journal
 from ocrwatch.metrics import Metrics
 
 from .conftest import OCRWATCH, cli_env, wait_until, write_config
-from .daemon_harness import daemon_thread, journal_counts, sidecars, spawn, stop
+from .daemon_harness import (
+    SPAWNED,
+    daemon_thread,
+    journal_counts,
+    sidecars,
+    spawn,
+    stop,
+)
 from .images import png_bytes, write_png
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -526,3 +533,33 @@ class TestOldestQueued:
 
         assert (None, 200.0) == (nothing_waits, journal.oldest_queued_at())
         journal.close()
+
+
+def test_a_quiet_log_level_loses_no_counts(tmp_path, inbox, emulator):
+    """`--log-level warning` drops the info lines, not what the metrics count."""
+    port = free_port()
+    config = write_config(
+        tmp_path / "config.yaml",
+        emulator.url,
+        [{"path": str(inbox), "settle_seconds": 0.2}],
+        metrics={"listen": f"127.0.0.1:{port}"},
+    )
+    proc = subprocess.Popen(
+        [*OCRWATCH, "run", "-c", str(config), "--log-level", "warning"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=cli_env(),
+    )
+    SPAWNED.append(proc)
+    wait_until(lambda: not _refuses(f"127.0.0.1:{port}"), 15, "listening")
+    write_png(inbox / "scan.png", 1)
+    wait_until(lambda: (inbox / "scan.png.guid").exists(), 10, "sent")
+
+    samples = scrape(f"127.0.0.1:{port}")
+    assert 0 == stop(proc)
+
+    assert (1.0, 1.0, 1.0) == (
+        value(samples, "ocrwatch_files_seen_total"),
+        value(samples, "ocrwatch_files_submitted_total"),
+        value(samples, "ocrwatch_upload_seconds_count"),
+    )
