@@ -188,19 +188,21 @@ class Daemon:
     def _gauges(self) -> Gauges:
         """The scrape-time gauges: the journal is read here, not in the upload path."""
         health = self.health()
+        depth: int | None = None
+        age: float | None = None
+        held: int | None = None
         try:
             counts = self.journal.counts()
-            held: int | None = self.journal.held_count()
+            held = self.journal.held_count()
             since = self.journal.oldest_queued_at()
         except JournalError:
-            counts, held, since = None, None, None
+            pass  # left out of this scrape; the main loop reports the journal's trouble
+        else:
+            depth = counts["queued"] + counts["failed"] + counts["submitting"]
+            age = 0.0 if since is None else max(0.0, self.clock() - since)
         return Gauges(
-            queue_depth=None
-            if counts is None
-            else counts["queued"] + counts["failed"] + counts["submitting"],
-            oldest_queued_age_s=None
-            if counts is None
-            else (0.0 if since is None else max(0.0, self.clock() - since)),
+            queue_depth=depth,
+            oldest_queued_age_s=age,
             held=held,
             observers=health.observers,
             observers_alive=health.observers_alive,

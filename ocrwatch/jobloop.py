@@ -89,9 +89,8 @@ class JobLoop:
         self._threads: dict[int, threading.Thread] = {}
         self._in_flight: dict[Path, Job] = {}
         self._paused_until = 0.0
-        self._paused_for = (
-            ""  # what the pause waits out: "credentials" or "bad answers"
-        )
+        # What the pause waits out: "credentials" or "bad answers".
+        self._paused_for = ""
         # The last pause for senseless answers; 0 once an answer made sense.
         self._protocol_pause_s = 0.0
         self._journal_down = False
