@@ -4,6 +4,8 @@ The parts: watchers (events), the catch-up scan, the intake (settle, then queue 
 and the job loop (uploads). The main thread owns the intake and reacts to signals through flags;
 watchers and the scan only put items on a queue; the job loop's threads only talk to the journal.
 A reload builds a new runtime and hands it over; nothing is closed under a running job.
+Under systemd (`Type=notify`), the main loop also says when it is ready and pings the watchdog
+while every observer and worker is alive and progressing (service.py).
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from ocrwatch.intake import Intake
 from ocrwatch.jobloop import JobLoop
 from ocrwatch.journal import Journal
 from ocrwatch.lifecycle import Flags, signal_flags, state_lock
+from ocrwatch.notify import Notifier
 from ocrwatch.outcome import restore_guid
+from ocrwatch.progress import find_problems, stalled
 from ocrwatch.runtime import Runtime
 from ocrwatch.selection import Found
+from ocrwatch.service import ServiceNotices, status_text
 from ocrwatch.watcher import SUPERVISE_EVERY_S, WatcherSet
 
 log = structlog.get_logger()
@@ -57,15 +62,29 @@ Item = Event | Found | Rescan
 
 @dataclass(frozen=True, slots=True)
 class Health:
-    """What the daemon is doing, for `status`, health checks and tests."""
+    """What the daemon is doing, for the systemd watchdog, health checks and tests.
+
+    `problems` is what the watchdog acts on: while it is not empty, no `WATCHDOG=1` is sent.
+    Refused credentials (`paused`) and missing folders are not among them, since a restart
+    would not cure them.
+    """
 
     started: bool
     scans_finished: int  # folders scanned to the end since the start
     missing: frozenset[Path]  # watched folders that are not there (yet)
-    workers: int
+    workers: int  # upload threads the pool has
     in_flight: int
     paused: bool  # waiting out refused credentials or senseless answers
     settling: int
+    observers: int = 0  # observers that should run: one per watched folder that exists
+    observers_alive: int = 0
+    workers_alive: int = 0
+    workers_stalled: int = 0  # alive, but quiet for longer than their work allows
+    problems: tuple[str, ...] = ()  # one sentence each; empty while healthy
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
 
 
 class Daemon:
@@ -105,6 +124,7 @@ class Daemon:
             restore=lambda found, guid: restore_guid(Path(found.path), guid),
             clock=clock,
         )
+        self.notices = ServiceNotices(Notifier.from_env(env))
         self._started = False
         self._rebuilds_seen = journal.rebuilds
         self._journal_trouble: str | None = None
@@ -131,15 +151,44 @@ class Daemon:
     def config(self) -> Config:
         return self.loop.runtime.config
 
-    def health(self) -> Health:
+    def health(self, now: float | None = None) -> Health:
+        """`now`: time.monotonic(), the clock of the workers' heartbeats."""
+        now = time.monotonic() if now is None else now
+        workers = self.loop.worker_states()
+        observers, alive = self.watchers.expected, self.watchers.alive
+        problems = find_problems(observers, alive, workers, now)
         return Health(
             started=self._started,
             scans_finished=self.catchup.scans_finished,
             missing=frozenset(self.watchers.missing),
-            workers=self.loop.workers,
+            workers=len(workers),
             in_flight=self.loop.in_flight,
             paused=self.loop.paused,
             settling=len(self.intake),
+            observers=observers,
+            observers_alive=alive,
+            workers_alive=sum(w.alive for w in workers),
+            workers_stalled=len(
+                stalled((w.heartbeat for w in workers if w.alive and w.heartbeat), now)
+            ),
+            problems=problems,
+        )
+
+    def _status(self) -> str:
+        """The STATUS= line: queue and counts from the journal (two queries), and trouble."""
+        health = self.health()
+        try:
+            counts: dict[str, int] | None = self.journal.counts()
+            held, error = self.journal.held_count(), None
+        except JournalError as exc:
+            counts, held, error = None, 0, str(exc)
+        return status_text(
+            counts,
+            held,
+            health.in_flight,
+            paused=health.paused,
+            problems=health.problems,
+            journal_error=error,
         )
 
     def run(self, *, install_signals: bool = True) -> int:
@@ -168,6 +217,8 @@ class Daemon:
             resumed=resumed,
             concurrency=self.config.api.concurrency,
         )
+        # Observers run and every folder's catch-up scan is queued.
+        self.notices.ready(time.monotonic(), self._status())
 
     def _loop(self) -> None:
         next_supervise = next_rescan = next_resume = time.monotonic()
@@ -178,10 +229,12 @@ class Daemon:
             if self.flags.reload:
                 self.flags.reload = False
                 self._reload()
-            if now >= next_supervise:
+            # Before a ping too: an observer that died a moment ago is restarted, not reported.
+            if now >= next_supervise or self.notices.ping_due(now):
                 self.watchers.supervise()
                 self._check_journal()
                 next_supervise = now + SUPERVISE_EVERY_S
+            self.notices.tick(now, lambda: self.health().problems, self._status)
             if now >= next_resume:
                 self._resume_orphans()
                 next_resume = now + RESUME_EVERY_S
@@ -252,6 +305,13 @@ class Daemon:
             self.intake.add_event(item.root, item.path, item.is_dir, now)
 
     def _reload(self) -> None:
+        self.notices.reloading()
+        try:
+            self._apply_new_config()
+        finally:  # the old config kept is a reload done too
+            self.notices.ready(time.monotonic(), self._status())
+
+    def _apply_new_config(self) -> None:
         try:
             config, credentials = load_settings(self.config_path, self.env)
             if config.state_dir != self.config.state_dir:
@@ -285,6 +345,7 @@ class Daemon:
         )
 
     def _shutdown(self) -> int:
+        self.notices.stopping(f"stopping; in flight {self.loop.in_flight}")
         log.info(
             "daemon.stopping",
             in_flight=self.loop.in_flight,
@@ -304,4 +365,5 @@ class Daemon:
         except JournalError as exc:
             counts = str(exc)
         log.info("daemon.stopped", counts=counts)
+        self.notices.notifier.close()
         return 0

@@ -18,6 +18,7 @@ import structlog
 import tenacity
 
 from ocrwatch.errors import ApiError, TokenRateLimitError, TransientApiError
+from ocrwatch.progress import Progress
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -107,23 +108,40 @@ class RetryPolicy:
         retry_after, token = _retry_after(state)
         return not token and retry_after is not None and retry_after > self.max_delay_s
 
-    def call(self, fn: Callable[[], T], **context: object) -> tuple[T, int]:
+    def call(
+        self,
+        fn: Callable[[], T],
+        *,
+        progress: Progress | None = None,
+        **context: object,
+    ) -> tuple[T, int]:
         """Run `fn`, retrying TransientApiError with full-jitter backoff; return its value and attempts.
 
-        The last error is re-raised with `attempts` set on it.
+        The last error is re-raised with `attempts` set on it. `progress` hears of each wait
+        before it starts: a backoff of up to `max_delay_s` is progress, not a stall.
         """
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(TransientApiError),
-            stop=self._stop,
-            wait=self._wait,
-            sleep=self.sleep,
-            before_sleep=lambda state: log.info(
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            log.info(
                 "submission.retry_scheduled",
                 attempt=state.attempt_number,
                 wait_s=round(state.upcoming_sleep, 3),
                 error=str(state.outcome.exception()) if state.outcome else None,
                 **context,
-            ),
+            )
+            if progress is not None:
+                progress(
+                    f"waiting {state.upcoming_sleep:.0f}s before attempt "
+                    f"{state.attempt_number + 1}",
+                    state.upcoming_sleep,
+                )
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(TransientApiError),
+            stop=self._stop,
+            wait=self._wait,
+            sleep=self.sleep,
+            before_sleep=before_sleep,
             reraise=True,
         )
         try:
