@@ -404,7 +404,7 @@ class TestProgress:
             "api": {
                 "base_url": emulator.url,
                 "concurrency": 1,
-                "timeout": {"connect": 0.05, "read": 0.1},
+                "timeout": {"connect": 0.1, "read": 0.3},
             },
             "state_dir": str(tmp_path / "state"),
             "folders": [{"path": str(tmp_path / "in")}],
@@ -431,7 +431,7 @@ class TestProgress:
 
         try:
             wait_until(lambda: loop.in_flight == 1, 5, "b.png claimed")
-            end = time.monotonic() + 4 * call_bound_s(0.05, 0.1)
+            end = time.monotonic() + 3 * call_bound_s(0.1, 0.3)
             while time.monotonic() < end:
                 problems.append(
                     find_problems(0, 0, loop.worker_states(), time.monotonic())
@@ -546,17 +546,17 @@ class TestDaemon:
     def test_a_backoff_longer_than_one_call_keeps_the_pings_going(
         self, tmp_path, inbox, emulator, listener
     ):
-        """A 4 s Retry-After wait, more than twice a call's bound here, is work: no ping is missed."""
+        """A 6 s Retry-After wait, twice a call's bound here (2.8 s), is work: no ping is missed."""
         config = write_config(
             tmp_path / "config.yaml",
             emulator.url,
             [{"path": str(inbox), "settle_seconds": 0.1}],
             api={
-                "timeout": {"connect": 0.25, "read": 0.5},
+                "timeout": {"connect": 0.4, "read": 0.8},
                 "retry": {"max_attempts": 3, "max_delay": 10},
             },
         )
-        emulator.fail_next(503, retry_after="4")
+        emulator.fail_next(503, retry_after="6")
         with (
             capture_logs() as logs,
             daemon_thread(config, env=watchdog_env(listener)),
@@ -567,7 +567,7 @@ class TestDaemon:
             ended = time.monotonic()
 
         events = [e["event"] for e in logs]
-        assert ended - started > 4
+        assert ended - started > 6
         assert "submission.retry_scheduled" in events
         assert "watchdog.withheld" not in events
         assert max_gap(listener.pings(), started, ended) < 1.5
