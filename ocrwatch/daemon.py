@@ -218,7 +218,7 @@ class Daemon:
             concurrency=self.config.api.concurrency,
         )
         # Observers run and every folder's catch-up scan is queued.
-        self.notices.ready(time.monotonic(), self._status())
+        self.notices.ready(time.monotonic(), self._status)
 
     def _loop(self) -> None:
         next_supervise = next_rescan = next_resume = time.monotonic()
@@ -309,7 +309,7 @@ class Daemon:
         try:
             self._apply_new_config()
         finally:  # the old config kept is a reload done too
-            self.notices.ready(time.monotonic(), self._status())
+            self.notices.ready(time.monotonic(), self._status)
 
     def _apply_new_config(self) -> None:
         try:
@@ -365,5 +365,5 @@ class Daemon:
         except JournalError as exc:
             counts = str(exc)
         log.info("daemon.stopped", counts=counts)
-        self.notices.notifier.close()
+        self.notices.close()
         return 0

@@ -42,6 +42,7 @@ from ocrwatch.preflight import (
 from ocrwatch.progress import Heartbeats, Worker, call_bound_s
 from ocrwatch.runtime import AUTH_RETRY_S, Runtime
 from ocrwatch.selection import candidate_stat
+from ocrwatch.settings import Settings
 from ocrwatch.settle import Look
 from ocrwatch.sidecar import Kind, why_unwritable
 
@@ -346,12 +347,7 @@ class JobLoop:
         if early := self._before_upload(job, fd, look, key, runtime):
             return early
         try:
-            sub = runtime.client.submit(
-                job.path,
-                resolved.settings,
-                fd=fd,
-                progress=functools.partial(self._beat, runtime),
-            )
+            sub = self._upload(job, fd, resolved.settings, runtime)
         except RejectedError as exc:
             return rec.rejected(job, str(exc), runtime)
         except FileChangedError as exc:
@@ -381,6 +377,19 @@ class JobLoop:
             with self._cond:
                 self._unrecorded[job.path] = (sub, key)
             raise
+
+    def _upload(
+        self, job: Job, fd: int, settings: Settings, runtime: Runtime
+    ) -> Submission:
+        try:
+            return runtime.client.submit(
+                job.path,
+                settings,
+                fd=fd,
+                progress=functools.partial(self._beat, runtime),
+            )
+        finally:  # recording the outcome gets its own allowance, whatever the call used up
+            self._beat(runtime, f"recording what became of {job.path}")
 
     @staticmethod
     def _sha256_of(path: Path) -> str | None:

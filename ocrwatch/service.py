@@ -61,10 +61,13 @@ class ServiceNotices:
     def ping_due(self, now: float) -> bool:
         return self.notifier.ping_every_s is not None and now >= self._next_ping
 
-    def ready(self, now: float, status: str) -> None:
+    def ready(self, now: float, status: Callable[[], str]) -> None:
         """Started, or done reloading (whether the new config was taken or not)."""
-        self.notifier.ready(status)
-        self._last_status = status
+        if not self.notifier.enabled:
+            return  # `status` costs journal queries: only for someone who listens
+        text = status()
+        self.notifier.ready(text)
+        self._last_status = text
         self._next_status = now + self._status_every_s
 
     def reloading(self) -> None:
@@ -72,6 +75,9 @@ class ServiceNotices:
 
     def stopping(self, status: str) -> None:
         self.notifier.stopping(status)
+
+    def close(self) -> None:
+        self.notifier.close()
 
     def tick(
         self,
