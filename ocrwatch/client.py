@@ -41,6 +41,7 @@ from ocrwatch.errors import (
 )
 from ocrwatch.log import redact_text, register_secret
 from ocrwatch.metrics import Metrics
+from ocrwatch.progress import Progress, call_bound_s
 from ocrwatch.retry import RetryPolicy, parse_retry_after
 from ocrwatch.settings import Settings
 from ocrwatch.transport import SMALL_ANSWER, Answer, call
@@ -150,6 +151,9 @@ class ImageBody:
     suffix: bytes
     sha256: hashlib._Hash = field(default_factory=hashlib.sha256)
     short_read: bool = False
+    # Called before each chunk is read: a body sent chunk by chunk is progress, a read
+    # that hangs on a dead share is not.
+    progress: Callable[[], None] = field(default=lambda: None)
 
     def __len__(self) -> int:
         return len(self.prefix) + base64_length(self.size) + len(self.suffix)
@@ -164,6 +168,7 @@ class ImageBody:
         yield self.prefix
         offset = 0
         while offset < self.size:
+            self.progress()
             chunk = os.pread(self.fd, min(CHUNK_BYTES, self.size - offset), offset)
             if not chunk:
                 # The file shrank under us: what was promised in Content-Length can't be sent.
@@ -225,6 +230,8 @@ class OcrClient:
         if metrics is not None:
             self._policy = dataclasses.replace(self._policy, on_retry=metrics.retried)
         self._local = threading.local()
+        # A worker waiting for the token may queue behind every other worker's fetch.
+        self._token_wait_s = (api.concurrency - 1) * call_bound_s(*self._timeout)
         self.trial = api.trial or credentials is None
         endpoint = "RecognizeImageTrial" if self.trial else "RecognizeImage"
         self._url = f"{api.base_url}/v5.0/ocr/{endpoint}"
@@ -265,23 +272,35 @@ class OcrClient:
         return session
 
     def submit(
-        self, path: Path, settings: Settings, *, fd: int | None = None
+        self,
+        path: Path,
+        settings: Settings,
+        *,
+        fd: int | None = None,
+        progress: Progress | None = None,
     ) -> Submission:
         """Send one image and return its task; raises RejectedError, ApiError or FileChangedError
         (the file changed before the service accepted it).
 
         `fd`: the file as the caller opened and checked it; it stays open. Without it, `path`
-        is opened here.
+        is opened here. `progress` is told of every step (a call, a chunk, a backoff wait).
         """
         own = fd is None
         fd = open_image(path) if fd is None else fd
+        beat = progress or _no_progress
         try:
             before = os.fstat(fd)
             image_type = _check_image(fd, before, path)
             prefix, suffix = payload_frame(settings)
-            body = ImageBody(fd, before.st_size, prefix, suffix)
+            body = ImageBody(
+                fd,
+                before.st_size,
+                prefix,
+                suffix,
+                progress=lambda: beat(f"sending {path}", 0.0),
+            )
             guid, attempts = self._policy.call(
-                lambda: self._post_image(body), path=str(path)
+                lambda: self._post_image(body, beat), path=str(path), progress=beat
             )
             return Submission(
                 guid,
@@ -296,8 +315,8 @@ class OcrClient:
             if own:
                 os.close(fd)
 
-    def _post_image(self, body: ImageBody) -> str:
-        answer = self._request("POST", self._url, body)
+    def _post_image(self, body: ImageBody, progress: Progress) -> str:
+        answer = self._request("POST", self._url, body, progress=progress)
         error = error_for_status(
             answer.status,
             problem_detail(answer.text),
@@ -313,17 +332,24 @@ class OcrClient:
         url: str,
         body: ImageBody | None = None,
         max_bytes: int = SMALL_ANSWER,
+        progress: Progress | None = None,
     ) -> Answer:
         """Send with the current token; after a 401/403, once more with a fresh one.
 
         A token can be revoked or expire early; a second refusal is the service's real answer
         (as the Java SDK does it).
         """
+        beat = progress or _no_progress
+        beat("getting a token", self._token_wait_s)
         token = self.tokens.get() if self.tokens else None
+        beat(f"calling {urlsplit(url).netloc}", 0.0)
         answer = self._send(method, url, token, body, max_bytes)
         if answer.status in AUTH_STATUSES and self.tokens and token:
             self.tokens.invalidate(token)
-            answer = self._send(method, url, self.tokens.get(), body, max_bytes)
+            beat("getting a fresh token", self._token_wait_s)
+            fresh = self.tokens.get()
+            beat(f"calling {urlsplit(url).netloc} again", 0.0)
+            answer = self._send(method, url, fresh, body, max_bytes)
         return answer
 
     def _send(
@@ -384,6 +410,10 @@ class OcrClient:
             sleep(delay)
             waited += delay
             delay = min(10.0, delay * 1.5)
+
+
+def _no_progress(doing: str, wait_s: float) -> None:
+    """Nobody watches this call (`submit`, `fetch`, tests)."""
 
 
 def proxies_for(url: str, api: ApiConfig) -> dict[str, str]:

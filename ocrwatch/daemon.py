@@ -4,6 +4,8 @@ The parts: watchers (events), the catch-up scan, the intake (settle, then queue 
 and the job loop (uploads). The main thread owns the intake and reacts to signals through flags;
 watchers and the scan only put items on a queue; the job loop's threads only talk to the journal.
 A reload builds a new runtime and hands it over; nothing is closed under a running job.
+Under systemd (`Type=notify`), the main loop also says when it is ready and pings the watchdog
+while every observer and worker is alive and progressing (service.py).
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ from ocrwatch.jobloop import JobLoop
 from ocrwatch.journal import Journal
 from ocrwatch.lifecycle import Flags, signal_flags, state_lock
 from ocrwatch.metrics import Endpoint, Gauges, Metrics, make_app
+from ocrwatch.notify import Notifier
 from ocrwatch.outcome import restore_guid
+from ocrwatch.progress import find_problems, stalled
 from ocrwatch.runtime import Runtime
 from ocrwatch.selection import Found
+from ocrwatch.service import ServiceNotices, status_text
 from ocrwatch.watcher import SUPERVISE_EVERY_S, WatcherSet
 
 log = structlog.get_logger()
@@ -58,36 +63,57 @@ Item = Event | Found | Rescan
 
 @dataclass(frozen=True, slots=True)
 class Health:
-    """What the daemon is doing, for `status`, health checks and tests."""
+    """What the daemon is doing, for the systemd watchdog, health checks and tests.
+
+    `problems` is what the watchdog acts on: while it is not empty, no `WATCHDOG=1` is sent.
+    Refused credentials (`paused`) and missing folders are not among them, since a restart
+    would not cure them.
+    """
 
     started: bool
     scans_finished: int  # folders scanned to the end since the start
     missing: frozenset[Path]  # watched folders that are not there (yet)
-    workers: int
+    workers: int  # upload threads the pool has
     in_flight: int
     paused: bool  # waiting out refused credentials or senseless answers
     settling: int
-    observers: int = 0  # watched folders
-    observers_alive: int = 0  # of them, with a running observer
+    folders: int = 0  # watched folders in the config
+    observers: int = 0  # observers that should run: one per watched folder that exists
+    observers_alive: int = 0
     workers_alive: int = 0
     workers_wanted: int = 0  # api.concurrency, once started
+    workers_stalled: int = 0  # alive, but quiet for longer than their work allows
     credentials_refused: bool = False  # paused because the service refused them
+    problems: tuple[str, ...] = ()  # what a restart would cure; empty while healthy
+
+    @property
+    def healthy(self) -> bool:
+        """For the watchdog: every observer runs and every worker is alive and progressing."""
+        return not self.problems
 
 
 def health_problems(health: Health) -> list[str]:
-    """Why the daemon is not doing its job, for `/healthz`; empty while it is."""
+    """Why the daemon is not doing its job, for `/healthz`; empty while it is.
+
+    Wider than the watchdog's `problems`: a missing folder and refused credentials are not
+    cured by a restart, but a scan there is not being sent, and a monitor should say so.
+    """
     if not health.started:
         return ["starting"]
     problems = []
-    if health.observers_alive < health.observers:
+    if health.observers_alive < health.folders:
         missing = ", ".join(sorted(str(p) for p in health.missing))
         problems.append(
-            f"watchers: {health.observers - health.observers_alive} of {health.observers} "
+            f"watchers: {health.folders - health.observers_alive} of {health.folders} "
             f"folders not watched{f' (missing: {missing})' if missing else ''}"
         )
     if health.workers_alive < health.workers_wanted:
         problems.append(
             f"workers: {health.workers_alive} of {health.workers_wanted} upload threads alive"
+        )
+    if health.workers_stalled:
+        problems.append(
+            f"workers: {health.workers_stalled} upload threads stalled in one call"
         )
     if health.credentials_refused:
         problems.append(
@@ -140,6 +166,7 @@ class Daemon:
         self.endpoint = Endpoint(
             make_app(self.metrics, lambda: health_problems(self.health()))
         )
+        self.notices = ServiceNotices(Notifier.from_env(env))
         self._started = False
         self._rebuilds_seen = journal.rebuilds
         self._journal_trouble: str | None = None
@@ -166,23 +193,30 @@ class Daemon:
     def config(self) -> Config:
         return self.loop.runtime.config
 
-    def health(self) -> Health:
-        """Safe to call from any thread (the metrics listener calls it)."""
-        folders = self.loop.runtime.folders
-        watchers = [self.watchers.get(root) for root in folders]
+    def health(self, now: float | None = None) -> Health:
+        """Safe to call from any thread (the metrics listener calls it). `now`:
+        time.monotonic(), the clock of the workers' heartbeats."""
+        now = time.monotonic() if now is None else now
+        workers = self.loop.worker_states()
+        observers, alive = self.watchers.expected, self.watchers.alive
         return Health(
             started=self._started,
             scans_finished=self.catchup.scans_finished,
             missing=frozenset(self.watchers.missing),
-            workers=self.loop.workers,
+            workers=len(workers),
             in_flight=self.loop.in_flight,
             paused=self.loop.paused,
             settling=len(self.intake),
-            observers=len(folders),
-            observers_alive=sum(w is not None and w.is_alive() for w in watchers),
-            workers_alive=self.loop.workers_alive,
+            folders=len(self.loop.runtime.folders),
+            observers=observers,
+            observers_alive=alive,
+            workers_alive=sum(w.alive for w in workers),
             workers_wanted=self.loop.concurrency,
+            workers_stalled=len(
+                stalled((w.heartbeat for w in workers if w.alive and w.heartbeat), now)
+            ),
             credentials_refused=self.loop.credentials_refused,
+            problems=find_problems(observers, alive, workers, now),
         )
 
     def _gauges(self) -> Gauges:
@@ -204,11 +238,28 @@ class Daemon:
             queue_depth=depth,
             oldest_queued_age_s=age,
             held=held,
-            observers=health.observers,
+            observers=health.folders,
             observers_alive=health.observers_alive,
             workers_alive=health.workers_alive,
             in_flight=health.in_flight,
             paused=health.paused,
+        )
+
+    def _status(self) -> str:
+        """The STATUS= line: queue and counts from the journal (two queries), and trouble."""
+        health = self.health()
+        try:
+            counts: dict[str, int] | None = self.journal.counts()
+            held, error = self.journal.held_count(), None
+        except JournalError as exc:
+            counts, held, error = None, 0, str(exc)
+        return status_text(
+            counts,
+            held,
+            health.in_flight,
+            paused=health.paused,
+            problems=health.problems,
+            journal_error=error,
         )
 
     def run(self, *, install_signals: bool = True) -> int:
@@ -245,6 +296,8 @@ class Daemon:
             concurrency=self.config.api.concurrency,
             metrics=self.endpoint.address,
         )
+        # Observers run and every folder's catch-up scan is queued.
+        self.notices.ready(time.monotonic(), self._status)
 
     def _loop(self) -> None:
         next_supervise = next_rescan = next_resume = time.monotonic()
@@ -255,10 +308,12 @@ class Daemon:
             if self.flags.reload:
                 self.flags.reload = False
                 self._reload()
-            if now >= next_supervise:
+            # Before a ping too: an observer that died a moment ago is restarted, not reported.
+            if now >= next_supervise or self.notices.ping_due(now):
                 self.watchers.supervise()
                 self._check_journal()
                 next_supervise = now + SUPERVISE_EVERY_S
+            self.notices.tick(now, lambda: self.health().problems, self._status)
             if now >= next_resume:
                 self._resume_orphans()
                 next_resume = now + RESUME_EVERY_S
@@ -329,6 +384,13 @@ class Daemon:
             self.intake.add_event(item.root, item.path, item.is_dir, now)
 
     def _reload(self) -> None:
+        self.notices.reloading()
+        try:
+            self._apply_new_config()
+        finally:  # the old config kept is a reload done too
+            self.notices.ready(time.monotonic(), self._status)
+
+    def _apply_new_config(self) -> None:
         try:
             config, credentials = load_settings(self.config_path, self.env)
             if config.state_dir != self.config.state_dir:
@@ -373,6 +435,7 @@ class Daemon:
             log.info("metrics.moved", address=self.endpoint.address)
 
     def _shutdown(self) -> int:
+        self.notices.stopping(f"stopping; in flight {self.loop.in_flight}")
         log.info(
             "daemon.stopping",
             in_flight=self.loop.in_flight,
@@ -392,6 +455,7 @@ class Daemon:
         except JournalError as exc:
             counts = str(exc)
         log.info("daemon.stopped", counts=counts)
+        self.notices.close()
         return 0
 
 

@@ -10,6 +10,7 @@ started with.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -39,8 +40,10 @@ from ocrwatch.preflight import (
     inspect,
     open_within,
 )
+from ocrwatch.progress import Heartbeats, Worker, call_bound_s
 from ocrwatch.runtime import AUTH_RETRY_S, Runtime
 from ocrwatch.selection import candidate_stat
+from ocrwatch.settings import Settings
 from ocrwatch.settle import Look
 from ocrwatch.sidecar import Kind, why_unwritable
 
@@ -57,6 +60,8 @@ TWIN_POLL_S: Final = 0.1
 # first ten minutes, then twice as long each time up to an hour, until an answer makes sense.
 PROTOCOL_PAUSE_S: Final = 600.0
 PROTOCOL_PAUSE_MAX_S: Final = 3600.0
+# Hashing a file slower than this (a share in trouble) counts as no progress.
+HASH_MIN_BYTES_PER_S: Final = 1 << 20
 
 
 class JobLoop:
@@ -99,6 +104,7 @@ class JobLoop:
         # Held from a claim until its job is in `_in_flight`, so that `resume_orphans` never
         # takes a row that a thread has just claimed for one of this process's orphans.
         self._claim_lock = threading.Lock()
+        self._beats = Heartbeats()
 
     @property
     def runtime(self) -> Runtime:
@@ -114,10 +120,11 @@ class JobLoop:
         with self._cond:
             return len(self._in_flight)
 
-    @property
-    def workers_alive(self) -> int:
+    def worker_states(self) -> list[Worker]:
+        """Every thread the pool should have, alive or not, with its last heartbeat."""
         with self._cond:
-            return sum(t.is_alive() for t in self._threads.values())
+            threads = list(self._threads.values())
+        return [Worker(t.name, t.is_alive(), self._beats.of(t)) for t in threads]
 
     @property
     def concurrency(self) -> int:
@@ -234,12 +241,21 @@ class JobLoop:
                 self._in_flight.pop(job.path, None)
 
     def _work(self, slot: int) -> None:
+        self._beats.register("starting", self._quiet_s(self._runtime))
+        try:
+            self._serve(slot)
+        finally:
+            self._beats.forget()
+
+    def _serve(self, slot: int) -> None:
         while True:
             with self._cond:
                 if self._stopping or slot >= self._size:
                     del self._threads[slot]
                     return
                 generation = self._generation
+            # An idle wait ends within IDLE_WAIT_S, and the next beat comes with it.
+            self._beat(self._runtime, "claiming the next file", IDLE_WAIT_S)
             try:
                 if self.step() is None:
                     self._idle(generation)
@@ -251,6 +267,16 @@ class JobLoop:
             except Exception:  # a worker that dies silently shrinks the pool for months
                 log.exception("worker.failed", retry_in_s=JOURNAL_ERROR_BACKOFF_S)
                 self._pause_worker(JOURNAL_ERROR_BACKOFF_S)
+
+    @staticmethod
+    def _quiet_s(runtime: Runtime) -> float:
+        timeout = runtime.config.api.timeout
+        return call_bound_s(timeout.connect, timeout.read)
+
+    def _beat(self, runtime: Runtime, doing: str, wait_s: float = 0.0) -> None:
+        """This thread progresses; it may be quiet for `wait_s` plus one network call now
+        (with the timeouts of the runtime its job uses, whatever a reload did since)."""
+        self._beats.beat(doing, self._quiet_s(runtime) + wait_s)
 
     def _journal_is_down(self, exc: JournalError) -> None:
         with self._cond:
@@ -278,6 +304,7 @@ class JobLoop:
                 self._cond.wait(timeout=max(0.01, min(IDLE_WAIT_S, due - now)))
 
     def _pause_worker(self, seconds: float) -> None:
+        self._beat(self._runtime, "waiting out a journal error", seconds)
         deadline = time.monotonic() + seconds
         with self._cond:
             while not self._stopping and (left := deadline - time.monotonic()) > 0:
@@ -285,6 +312,7 @@ class JobLoop:
 
     def _process(self, job: Job, runtime: Runtime) -> Result:
         started = time.monotonic()
+        self._beat(runtime, f"processing {job.path}")
         rec = self._recorder
         profile = runtime.profile_for(job)
         if profile is None:
@@ -310,7 +338,7 @@ class JobLoop:
             ):  # it was just opened: whatever raced the first look is gone
                 st = os.fstat(fd)
                 look = Look(st.st_size, st.st_mtime_ns)
-            if receipt is not None and not self._is_stale(job, receipt, fd):
+            if receipt is not None and not self._is_stale(job, receipt, fd, runtime):
                 return rec.adopted(job, look, receipt)
             return self._send(job, fd, look, profile, runtime, started)
         finally:
@@ -339,7 +367,7 @@ class JobLoop:
             return early
         upload_started = time.monotonic()
         try:
-            sub = runtime.client.submit(job.path, resolved.settings, fd=fd)
+            sub = self._upload(job, fd, resolved.settings, runtime)
         except RejectedError as exc:
             return rec.rejected(job, str(exc), runtime)
         except FileChangedError as exc:
@@ -355,6 +383,7 @@ class JobLoop:
             return self._protocol_pause(job, exc, runtime)
         self._metrics.upload_accepted(time.monotonic() - upload_started)
         if sub.changed is not None:
+            self._beat(runtime, f"hashing {job.path}", look.size / HASH_MIN_BYTES_PER_S)
             now_sha256 = self._sha256_of(job.path)
             return rec.changed_after_upload(
                 job, resolved.profile, sub, key, now_sha256, runtime
@@ -369,6 +398,19 @@ class JobLoop:
             with self._cond:
                 self._unrecorded[job.path] = (sub, key)
             raise
+
+    def _upload(
+        self, job: Job, fd: int, settings: Settings, runtime: Runtime
+    ) -> Submission:
+        try:
+            return runtime.client.submit(
+                job.path,
+                settings,
+                fd=fd,
+                progress=functools.partial(self._beat, runtime),
+            )
+        finally:  # recording the outcome gets its own allowance, whatever the call used up
+            self._beat(runtime, f"recording what became of {job.path}")
 
     @staticmethod
     def _sha256_of(path: Path) -> str | None:
@@ -401,7 +443,7 @@ class JobLoop:
             self._unrecorded.pop(job.path, None)
         return result
 
-    def _is_stale(self, job: Job, receipt: Receipt, fd: int) -> bool:
+    def _is_stale(self, job: Job, receipt: Receipt, fd: int, runtime: Runtime) -> bool:
         """A current-looking `.guid` that ocrwatch wrote for other content (a file replaced by
         one with an older mtime, `mv new.png scan.png`): removed, not adopted."""
         if receipt.kind is not Kind.GUID:
@@ -409,6 +451,7 @@ class JobLoop:
         entry = self._journal.lookup([job.path]).get(str(job.path))
         if entry is None or entry.guid != receipt.text or entry.sha256 is None:
             return False
+        self._beat(runtime, f"hashing {job.path}", job.size / HASH_MIN_BYTES_PER_S)
         now_sha256 = inspect(fd, want_sha256=True).sha256
         if now_sha256 is None or now_sha256 == entry.sha256:
             return False
@@ -420,6 +463,7 @@ class JobLoop:
     ) -> Result | None:
         """Not a whole image yet, or content the service already has: no upload."""
         window = runtime.config.dedupe_window
+        self._beat(runtime, f"hashing {job.path}", look.size / HASH_MIN_BYTES_PER_S)
         seen = inspect(fd, want_sha256=window > 0)
         if seen.incomplete is not None:
             return self._recorder.incomplete(job, look, seen.incomplete, runtime)
@@ -437,6 +481,7 @@ class JobLoop:
                 return None  # nobody has sent or is sending this content: send it
             # A twin (a copy, the same file under another name) is on the wire: its GUID
             # will do for this one too.
+            self._beat(runtime, f"waiting for the twin of {job.path} to be sent")
             if time.monotonic() > deadline or self._wait_a_little():
                 why = "the same content is being sent as another file"
                 return self._recorder.unsettled(job, look, runtime, why)

@@ -18,6 +18,7 @@ import structlog
 import tenacity
 
 from ocrwatch.errors import ApiError, TokenRateLimitError, TransientApiError
+from ocrwatch.progress import Progress
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -113,7 +114,10 @@ class RetryPolicy:
         return not token and retry_after is not None and retry_after > self.max_delay_s
 
     def _before_sleep(
-        self, state: tenacity.RetryCallState, context: dict[str, object]
+        self,
+        state: tenacity.RetryCallState,
+        context: dict[str, object],
+        progress: Progress | None,
     ) -> None:
         self.on_retry()
         log.info(
@@ -123,18 +127,31 @@ class RetryPolicy:
             error=str(state.outcome.exception()) if state.outcome else None,
             **context,
         )
+        if progress is not None:
+            progress(
+                f"waiting {state.upcoming_sleep:.0f}s before attempt "
+                f"{state.attempt_number + 1}",
+                state.upcoming_sleep,
+            )
 
-    def call(self, fn: Callable[[], T], **context: object) -> tuple[T, int]:
+    def call(
+        self,
+        fn: Callable[[], T],
+        *,
+        progress: Progress | None = None,
+        **context: object,
+    ) -> tuple[T, int]:
         """Run `fn`, retrying TransientApiError with full-jitter backoff; return its value and attempts.
 
-        The last error is re-raised with `attempts` set on it.
+        The last error is re-raised with `attempts` set on it. `progress` hears of each wait
+        before it starts: a backoff of up to `max_delay_s` is progress, not a stall.
         """
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(TransientApiError),
             stop=self._stop,
             wait=self._wait,
             sleep=self.sleep,
-            before_sleep=lambda state: self._before_sleep(state, context),
+            before_sleep=lambda state: self._before_sleep(state, context, progress),
             reraise=True,
         )
         try:

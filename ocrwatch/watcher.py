@@ -187,6 +187,18 @@ class WatcherSet:
         self._on_rescan = on_rescan  # (root, reason)
         self._watchers: dict[Path, tuple[FolderConfig, FolderWatcher]] = {}
         self.missing: set[Path] = set()
+        # Not a folder when last tried: no observer is expected there until it appears.
+        self._absent: set[Path] = set()
+
+    @property
+    def expected(self) -> int:
+        """Observers that should run: one per watched folder that exists (was a folder when
+        last tried); one that exists but cannot be watched counts, since it is not watched."""
+        return len(self._watchers.keys() - self._absent)
+
+    @property
+    def alive(self) -> int:
+        return sum(1 for _, w in list(self._watchers.values()) if w.is_alive())
 
     def get(self, root: Path) -> FolderWatcher | None:
         entry = self._watchers.get(root)
@@ -199,6 +211,7 @@ class WatcherSet:
                 watcher.stop()
                 del self._watchers[root]
                 self.missing.discard(root)
+                self._absent.discard(root)
         for root, folder in folders.items():
             if root not in self._watchers:
                 watcher = self._make(root, folder)
@@ -232,17 +245,21 @@ class WatcherSet:
         try:
             watcher.start()
         except OSError as exc:
+            exists = watcher.root.is_dir()
+            if exists:
+                self._absent.discard(watcher.root)
+            else:
+                self._absent.add(watcher.root)
             if watcher.root not in self.missing:
                 self.missing.add(watcher.root)
                 log.warning(
-                    "watcher.start_failed"
-                    if watcher.root.is_dir()
-                    else "watcher.folder_missing",
+                    "watcher.start_failed" if exists else "watcher.folder_missing",
                     path=str(watcher.root),
                     error=str(exc),
                     retry_every_s=SUPERVISE_EVERY_S,
                 )
             return
+        self._absent.discard(watcher.root)
         if watcher.root in self.missing or not first:
             self.missing.discard(watcher.root)
             log.info("watcher.restarted", path=str(watcher.root))

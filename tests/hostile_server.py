@@ -1,5 +1,6 @@
 """A service that misbehaves on purpose: it hands out tokens like Aspose, then answers uploads with
-a drip, a huge body, HTML or nonsense, and counts the uploads it got."""
+a drip, header lines that take their time, a huge body, HTML or nonsense, and counts the uploads
+it got."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     mode: str
     uploads: int
+    drip_s: float  # "drip-headers": the pause before each header line
+    drip_lines: int
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -44,6 +47,21 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.write(bytes([byte]))
                     self.wfile.flush()
                     time.sleep(1.0)
+        elif (
+            mode == "drip-headers"
+        ):  # each line well within any read timeout, the whole not
+            with contextlib.suppress(OSError):
+                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                self.wfile.flush()
+                for i in range(self.server.drip_lines):
+                    time.sleep(self.server.drip_s)
+                    self.wfile.write(f"X-Still-Thinking-{i}: yes\r\n".encode())
+                    self.wfile.flush()
+                guid = b"a197aade-bba9-4c7a-92c7-46851b3dceaa"
+                self.wfile.write(b"Content-Type: text/plain\r\n")
+                self.wfile.write(b"Content-Length: %d\r\n\r\n%s" % (len(guid), guid))
+                self.wfile.flush()
+            self.close_connection = True
         elif mode in ("stall", "cut", "bad-gzip"):
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
@@ -81,10 +99,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def hostile_service(mode: str) -> Iterator[_Server]:
+def hostile_service(
+    mode: str, *, drip_s: float = 1.0, drip_lines: int = 90
+) -> Iterator[_Server]:
     """The server (its `.uploads` counts what it was sent) at `http://127.0.0.1:<port>`."""
     server = _Server(("127.0.0.1", 0), _Handler)
     server.mode, server.uploads = mode, 0
+    server.drip_s, server.drip_lines = drip_s, drip_lines
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:

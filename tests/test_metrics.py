@@ -420,6 +420,7 @@ HEALTHY = Health(
     in_flight=0,
     paused=False,
     settling=0,
+    folders=2,
     observers=2,
     observers_alive=2,
     workers_alive=4,
