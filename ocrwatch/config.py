@@ -6,6 +6,7 @@ downstream sees a dict from YAML. Defaults live in the model fields and nowhere 
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import stat
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 import structlog
 import yaml
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     BaseModel,
     BeforeValidator,
@@ -50,6 +52,9 @@ from ocrwatch.settings import (
 log = structlog.get_logger()
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/ocrwatch/config.yaml")
+DEFAULT_STATE_DIR: Final = Path("/var/lib/ocrwatch")
+# systemd's StateDirectory= hands the service its folder(s) here, colon-separated.
+STATE_DIRECTORY_ENV: Final = "STATE_DIRECTORY"
 DEFAULT_BASE_URL: Final = "https://api.aspose.cloud"
 DEFAULT_INCLUDE: Final = (
     "*.png",
@@ -78,6 +83,7 @@ ENUMS: Final[dict[str, tuple[str, ...]]] = {
 }
 
 CONFIG_MAX_BYTES: Final = 1 << 20
+SECRET_MAX_BYTES: Final = 64 << 10
 YAML_MAX_DEPTH: Final = 32
 DURATION_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -98,6 +104,34 @@ def parse_duration(value: object) -> object:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+
+
+def _against_config_folder(value: Path, info: ValidationInfo) -> Path:
+    """A relative path means relative to the config file, not to the working directory,
+    which is `/` under systemd."""
+    base = (info.context or {}).get("base")
+    if isinstance(base, Path) and not value.is_absolute():
+        return base / value
+    return value
+
+
+ConfigPath = Annotated[Path, AfterValidator(_against_config_folder)]
+
+
+def _no_file_in_the_way(value: Path) -> Path:
+    """A folder path that exists as something else would otherwise pass as "missing"."""
+    try:
+        mode = value.stat().st_mode
+    except OSError:
+        return value  # missing or out of reach for now (a late mount): watched once it appears
+    if not stat.S_ISDIR(mode):
+        raise ValueError(
+            f"{value} exists but is not a folder; give the folder that receives the scans"
+        )
+    return value
+
+
+FolderPath = Annotated[ConfigPath, AfterValidator(_no_file_in_the_way)]
 
 
 class Model(BaseModel):
@@ -145,14 +179,14 @@ class ApiConfig(Model):
     token_url: str | None = None
     client_id: str | None = None
     client_secret: SecretStr | None = None
-    client_secret_file: Path | None = None
+    client_secret_file: ConfigPath | None = None
     trial: StrictBool = False
     concurrency: Annotated[int, Field(ge=1, le=64)] = 4
     timeout: Timeout = Timeout()
     retry: Retry = Retry()
     # A proxy URL may carry a user and password: it is a secret like the client secret.
     proxy: SecretStr | None = None
-    ca_bundle: Path | None = None
+    ca_bundle: ConfigPath | None = None
 
     _urls = field_validator("base_url", "token_url")(_check_url)
 
@@ -182,7 +216,7 @@ class ApiConfig(Model):
 
 
 class FolderConfig(Model):
-    path: Path
+    path: FolderPath
     profile: str = "default"
     recursive: StrictBool = True
     include: tuple[str, ...] = DEFAULT_INCLUDE
@@ -305,7 +339,7 @@ class OverrideSpec(SettingsSpec):
 
 class Config(Model):
     api: ApiConfig = ApiConfig()
-    state_dir: Path = Path("/var/lib/ocrwatch")
+    state_dir: ConfigPath = DEFAULT_STATE_DIR
     rescan_interval: Annotated[float, Field(ge=1, le=86400)] = 300.0
     # The same content with the same settings, accepted within this, reuses its GUID; 0: off.
     dedupe_window: Annotated[Duration, Field(le=30 * 86400)] = 24 * 3600.0
@@ -317,6 +351,15 @@ class Config(Model):
     profiles: dict[str, ProfileSpec] = Field(
         default_factory=lambda: {"default": ProfileSpec()}
     )
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir(cls, value: Path) -> Path:
+        if value.is_file():
+            raise ValueError(
+                f"{value} is a file, not a folder; remove it or set state_dir to a folder"
+            )
+        return value
 
     @property
     def journal_path(self) -> Path:
@@ -482,14 +525,26 @@ def load_yaml(path: Path, *, max_bytes: int = CONFIG_MAX_BYTES) -> object:
         ) from None
 
 
-def parse_config(data: object, source: str) -> Config:
-    """Validate parsed YAML into a Config, or raise one ConfigError."""
+def parse_config(
+    data: object,
+    source: str,
+    *,
+    base: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Validate parsed YAML into a Config, or raise one ConfigError.
+
+    Relative paths are taken relative to `base`, the config file's folder. Without a
+    `state_dir` key, the state_dir is systemd's `$STATE_DIRECTORY` from `env` when set, so
+    that each instance of a template unit gets its own.
+    """
     if not isinstance(data, Mapping):
         raise ConfigError(
             f"{source}: the config must be a YAML mapping with a `folders` key"
         )
+    data = _with_state_directory(_without_retired_keys(data, source), env or {})
     try:
-        config = Config.model_validate(_without_retired_keys(data, source))
+        config = Config.model_validate(data, context={"base": base})
     except ValidationError as exc:
         raise translate_validation_error(exc, source, Config) from None
     if "default" not in config.profiles:
@@ -498,6 +553,16 @@ def parse_config(data: object, source: str) -> Config:
     _check_profile_references(config, source)
     _check_state_dir(config, source)
     return config
+
+
+def _with_state_directory(
+    data: Mapping[str, Any], env: Mapping[str, str]
+) -> Mapping[str, Any]:
+    """An explicit state_dir wins; else the first folder systemd's StateDirectory= made."""
+    first = env.get(STATE_DIRECTORY_ENV, "").split(":")[0]
+    if "state_dir" in data or not first:
+        return data
+    return {**data, "state_dir": first}
 
 
 def _without_retired_keys(data: Mapping[str, Any], source: str) -> Mapping[str, Any]:
@@ -575,15 +640,21 @@ def config_path(cli_value: str | None, env: Mapping[str, str]) -> Path:
     return DEFAULT_CONFIG_PATH
 
 
-def load_config(path: Path) -> Config:
-    return parse_config(load_yaml(path), source=str(path))
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
+    """The config at `path`; `env` (default: this process's) may supply the state_dir."""
+    return parse_config(
+        load_yaml(path),
+        source=str(path),
+        base=path.absolute().parent,
+        env=os.environ if env is None else env,
+    )
 
 
 def load_settings(
     path: Path, env: Mapping[str, str]
 ) -> tuple[Config, Credentials | None]:
     """The config and the credentials it points to; the secret is masked in all output from now on."""
-    config = load_config(path)
+    config = load_config(path, env)
     credentials = resolve_credentials(config, env, str(path))
     if credentials is not None:
         register_secret(credentials.client_secret.get_secret_value())
@@ -601,47 +672,80 @@ def resolve_credentials(
     if config.api.trial:
         return None
     client_id = env.get(CLIENT_ID_ENV) or config.api.client_id
-    secret = _find_secret(config, env, source)
-    if not client_id or secret is None:
-        missing = " and ".join(
-            what
-            for what, absent in (
-                ("api.client_id", not client_id),
-                ("a client secret", secret is None),
-            )
-            if absent
-        )
+    secret, tried = _find_secret(config, env, source)
+    if not client_id:
         raise ConfigError(
-            f"{source}: no {missing}; set api.client_id (or {CLIENT_ID_ENV}) and "
-            f"api.client_secret_file (or {SECRET_ENV}, or a systemd credential "
-            f"`{CREDENTIAL_NAME}`), or set api.trial: true"
+            f"{source}: api.client_id: no client id is set; set api.client_id "
+            f"(or env {CLIENT_ID_ENV}), or set api.trial: true"
+        )
+    if secret is None:
+        looked = "; ".join(tried)
+        raise ConfigError(
+            f"{source}: no client secret found ({looked}); point api.client_secret_file "
+            f"at a file that holds it, or deliver it as the systemd credential "
+            f"`{CREDENTIAL_NAME}` (LoadCredential=), or set env {SECRET_ENV}, or set "
+            "api.trial: true"
         )
     return Credentials(client_id=client_id, client_secret=secret)
 
 
 def _find_secret(
     config: Config, env: Mapping[str, str], source: str
-) -> SecretStr | None:
+) -> tuple[SecretStr | None, list[str]]:
+    """The secret from the first place that has one, and what was wrong with those before.
+
+    An unreadable `client_secret_file` is not fatal: the recommended install keeps the file
+    root-only and hands the service a copy as a systemd credential.
+    """
     if env.get(SECRET_ENV):
-        return SecretStr(env[SECRET_ENV])
-    if config.api.client_secret_file is not None:
-        return _read_secret_file(
-            config.api.client_secret_file, f"{source}: api.client_secret_file"
-        )
-    if env.get("CREDENTIALS_DIRECTORY"):
-        candidate = Path(env["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME
-        if candidate.exists():
-            return _read_secret_file(candidate, f"systemd credential {CREDENTIAL_NAME}")
-    return config.api.client_secret
+        return SecretStr(env[SECRET_ENV]), []
+    tried: list[str] = []
+    secret_file = config.api.client_secret_file
+    if secret_file is None:
+        tried.append("api.client_secret_file is not set")
+    else:
+        try:
+            return _read_secret_file(
+                secret_file, f"{source}: api.client_secret_file"
+            ), []
+        except OSError as exc:
+            tried.append(f"api.client_secret_file {secret_file}: {_why(exc)}")
+            log.warning(
+                "secret.file_unreadable",
+                path=str(secret_file),
+                error=_why(exc),
+                next=f"the systemd credential `{CREDENTIAL_NAME}`, then api.client_secret",
+            )
+    credentials_dir = env.get("CREDENTIALS_DIRECTORY")
+    if not credentials_dir:
+        tried.append("$CREDENTIALS_DIRECTORY is not set")
+    else:
+        candidate = Path(credentials_dir) / CREDENTIAL_NAME
+        try:
+            return _read_secret_file(
+                candidate, f"systemd credential {CREDENTIAL_NAME}"
+            ), []
+        except OSError as exc:
+            tried.append(f"systemd credential {candidate}: {_why(exc)}")
+    if config.api.client_secret is not None:
+        return config.api.client_secret, []
+    return None, tried
+
+
+def _why(exc: OSError) -> str:
+    return (exc.strerror or type(exc).__name__).lower()
 
 
 def _read_secret_file(path: Path, what: str) -> SecretStr:
+    """Raises OSError if the file cannot be read, ConfigError if it holds no secret."""
+    mode = path.stat().st_mode
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
     try:
-        mode = path.stat().st_mode
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
+        text = read_bounded(path, SECRET_MAX_BYTES).decode("utf-8").strip()
+    except (ValueError, UnicodeDecodeError) as exc:  # a FIFO, a device, not text
         raise ConfigError(
-            f"{what}: cannot read {path} ({exc.strerror}); check the path and that the service user may read it"
+            f"{what}: {path}: {exc}; put the client secret in it as one line of text"
         ) from None
     if not text:
         raise ConfigError(f"{what}: {path} is empty; put the client secret in it")

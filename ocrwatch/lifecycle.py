@@ -50,6 +50,11 @@ def state_lock(state_dir: Path) -> Iterator[None]:
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
         handle: TextIO = (state_dir / "ocrwatch.lock").open("a")
+    except (FileExistsError, NotADirectoryError):
+        raise JournalError(
+            f"{state_dir}: state_dir is a file, not a folder (or lies under one); "
+            "remove the file or set state_dir to a folder"
+        ) from None
     except OSError as exc:
         raise JournalError(
             f"{state_dir}: cannot use state_dir ({exc.strerror}); create it and let the service user write to it"

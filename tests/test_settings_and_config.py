@@ -315,7 +315,9 @@ class TestCredentials:
         """Without a secret, the error names every way to provide one, and trial mode."""
         with pytest.raises(
             ConfigError,
-            match=r"no a client secret; set api.client_id .* api.client_secret_file .* OCRWATCH_CLIENT_SECRET.* api.trial: true",
+            match=r"^c.yaml: no client secret found \(api.client_secret_file is not set; "
+            r"\$CREDENTIALS_DIRECTORY is not set\); point api.client_secret_file .* "
+            r"systemd credential `client_secret` .* OCRWATCH_CLIENT_SECRET, or set api.trial: true$",
         ):
             resolve_credentials(self.config(), {}, "c.yaml")
 
