@@ -645,7 +645,7 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
     return parse_config(
         load_yaml(path),
         source=str(path),
-        base=path.absolute().parent,
+        base=path.absolute().parent.resolve(),
         env=os.environ if env is None else env,
     )
 
