@@ -22,14 +22,15 @@ root=${DESTDIR:-}
 unit=ocrwatch
 config=config.yaml
 secret=secret
-state_dir="/var/lib/ocrwatch"
+# The main unit's state_dir is systemd's $STATE_DIRECTORY (the config leaves it unset).
+state_line="# state_dir: /var/lib/ocrwatch "
 
 if [ "${1:-}" = "--instance" ]; then
     [ -n "${2:-}" ] || { echo "install.sh: --instance needs a NAME" >&2; exit 2; }
     unit="ocrwatch@$2"
     config="$2.yaml"
     secret="$2.secret"
-    state_dir="/var/lib/ocrwatch-$2"
+    state_line="state_dir: /var/lib/ocrwatch-$2 "
     shift 2
 fi
 [ "$#" -gt 0 ] || { echo "usage: sudo sh $0 [--instance NAME] FOLDER..." >&2; exit 2; }
@@ -50,7 +51,7 @@ if [ ! -e "$root/etc/ocrwatch/$config" ]; then
     # An instance's config names its own secret and, so that `status` and `submit` find its
     # journal without systemd's $STATE_DIRECTORY, its own state_dir.
     sed -e "s|/etc/ocrwatch/secret|/etc/ocrwatch/$secret|" \
-        -e "s|^# state_dir: /var/lib/ocrwatch |state_dir: $state_dir |" \
+        -e "s|^# state_dir: /var/lib/ocrwatch |$state_line|" \
         "$here/../config.example.yaml" >"$root/etc/ocrwatch/$config.tmp"
     chown "root:$group" "$root/etc/ocrwatch/$config.tmp"
     chmod 0640 "$root/etc/ocrwatch/$config.tmp"

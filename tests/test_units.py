@@ -22,15 +22,15 @@ def analyze() -> str:
     found = shutil.which("systemd-analyze")
     if found is None:
         if os.environ.get("CI") == "true":
-            pytest.fail("systemd-analyze is missing in CI; .ci/run must install systemd")
+            pytest.fail(
+                "systemd-analyze is missing in CI; .ci/run must install systemd"
+            )
         pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
     return found
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        args, capture_output=True, text=True, check=False, timeout=60
-    )
+    return subprocess.run(args, capture_output=True, text=True, check=False, timeout=60)
 
 
 @pytest.mark.parametrize(
@@ -58,9 +58,7 @@ def test_unit_verifies_without_a_warning(analyze, tmp_path, unit, name):
 @pytest.mark.parametrize("unit", UNITS)
 def test_unit_exposure_is_at_most_1_5(analyze, unit):
     """`systemd-analyze security --offline=true` rates the unit 1.5 or better."""
-    result = run(
-        analyze, "security", "--offline=true", str(REPO / "systemd" / unit)
-    )
+    result = run(analyze, "security", "--offline=true", str(REPO / "systemd" / unit))
 
     found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert found is not None, result.stdout + result.stderr
