@@ -212,7 +212,8 @@ def test_the_installed_service_submits_a_scan(installed, emulator, tmp_path):
     scan.chmod(0o644)
     guid_file = installed.inbox / "scan-0001.png.guid"
     wait_until(guid_file.exists, 20, "the .guid sidecar")
-    assert 0 == (proc.send_signal(signal.SIGTERM), proc.wait(30))[1]
+    proc.send_signal(signal.SIGTERM)
+    assert 0 == proc.wait(30)
 
     text = log.read_text()
     sent = emulator.submissions()
