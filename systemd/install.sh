@@ -11,13 +11,15 @@
 #
 # Environment: DESTDIR installs under a staging root (the tests use it; then no user is created
 # and systemctl is not called); OCRWATCH_USER / OCRWATCH_GROUP (default ocrwatch); OCRWATCH_BIN
-# (default /opt/ocrwatch/bin/ocrwatch), written into ExecStart.
+# (default /opt/ocrwatch/bin/ocrwatch), written into ExecStart; OCRWATCH_ACL=no gives the folders
+# to the group instead of adding ACL entries.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 user=${OCRWATCH_USER:-ocrwatch}
 group=${OCRWATCH_GROUP:-$user}
 bin=${OCRWATCH_BIN:-/opt/ocrwatch/bin/ocrwatch}
+acl=${OCRWATCH_ACL:-yes}
 root=${DESTDIR:-}
 unit=ocrwatch
 config=config.yaml
@@ -69,7 +71,8 @@ done
 
 # The service user writes sidecars into every folder and its subfolders. An ACL (with a default
 # ACL for folders created later) leaves the folders' owners and groups as they are; without the
-# `acl` tools, the folders are given to the group, setgid so that new subfolders stay in it.
+# `acl` tools, on a filesystem without ACLs, or with OCRWATCH_ACL=no, the folders are given to
+# the group instead, setgid so that new subfolders stay in it.
 dropin="$root/etc/systemd/system/$unit.service.d"
 install -d -m 0755 "$dropin"
 [ -e "$dropin/folders.conf" ] || printf '[Service]\n' >"$dropin/folders.conf"
@@ -77,10 +80,12 @@ for folder in "$@"; do
     path="$root$folder"
     [ -d "$path" ] || install -d -o root -g "$group" -m 2775 "$path"
     # Folders rwx (to create sidecars), files r: ocrwatch never writes an original.
-    if command -v setfacl >/dev/null; then
-        find "$path" -type d -exec setfacl -m "g:$group:rwx,d:g:$group:rwx" {} +
-        find "$path" -type f -exec setfacl -m "g:$group:r" {} +
+    if [ "$acl" != no ] && command -v setfacl >/dev/null &&
+        find "$path" -type d -exec setfacl -m "g:$group:rwx,d:g:$group:rwx" {} + &&
+        find "$path" -type f -exec setfacl -m "g:$group:r" {} +; then
+        :
     else
+        [ "$acl" = no ] || echo "install.sh: $folder: cannot set ACLs (no acl tools, or none on this filesystem); giving it to group $group" >&2
         chgrp -R "$group" "$path"
         find "$path" -type d -exec chmod g+rwxs {} +
         find "$path" -type f -exec chmod g+r {} +

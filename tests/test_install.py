@@ -32,6 +32,7 @@ from .images import write_png
 
 REPO = Path(__file__).resolve().parent.parent
 USER, GROUP = "nobody", "nogroup"
+FOLDERS = ["/srv/scans/inbox", "/srv/scans/invoices"]
 
 # systemd's MemoryDenyWriteExecute=, as the kernel offers it (PR_SET_MDWE, Linux 6.3+): set
 # before ocrwatch or any of its libraries is imported, and the daemon says whether it is on.
@@ -50,6 +51,7 @@ class Installed:
     root: Path
     user: pwd.struct_passwd
     group: grp.struct_group
+    access: str
 
     @property
     def config(self) -> Path:
@@ -97,11 +99,14 @@ def systemd_env(installed: Installed, *, with_credential: bool) -> dict[str, str
     return env
 
 
-@pytest.fixture
-def installed(emulator: Emulator) -> Iterator[Installed]:
-    """systemd/install.sh run into a staging root, then the two edits the README asks for:
-    client_id and folders in the config (here also the emulator's URL and the staging root's
-    paths), and the secret in /etc/ocrwatch/secret."""
+@pytest.fixture(params=["acl", "group"])
+def installed(
+    request: pytest.FixtureRequest, emulator: Emulator
+) -> Iterator[Installed]:
+    """systemd/install.sh run into a staging root, for a scanner's folder that already holds a
+    scan and a folder that does not exist yet; then the two edits the README asks for: client_id
+    and folders in the config (here also the emulator's URL and the staging root's paths), and
+    the secret in /etc/ocrwatch/secret. Folder access by ACL (`acl` tools) or by group."""
     if os.geteuid() != 0:
         pytest.skip(
             "the install is root's (chown root:ocrwatch) and runs the daemon as nobody"
@@ -110,25 +115,32 @@ def installed(emulator: Emulator) -> Iterator[Installed]:
         pytest.fail(
             "setpriv (util-linux) is needed to run the daemon as the service user"
         )
+    if request.param == "acl" and shutil.which("setfacl") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("setfacl is missing in CI; .ci/run must install acl")
+        pytest.skip("the acl tools are not installed (apt-get install acl)")
     # Not under tmp_path: pytest's base folder is 0700 root, which the service user cannot enter.
     root = Path(tempfile.mkdtemp(prefix="ocrwatch-install-", dir="/tmp"))
     root.chmod(0o755)
     try:
+        old_scan = write_png(root / "srv/scans/inbox/scan-0000.png", seed=40)
+        old_scan.chmod(0o640)  # the scanner's, root:root, before ocrwatch was installed
         result = subprocess.run(
-            ["sh", str(REPO / "systemd/install.sh"), "/srv/scans/inbox"],
+            ["sh", str(REPO / "systemd/install.sh"), *FOLDERS],
             env=cli_env(
                 DESTDIR=str(root),
                 OCRWATCH_USER=USER,
                 OCRWATCH_GROUP=GROUP,
                 OCRWATCH_BIN=f"{sys.executable} -m ocrwatch",
+                OCRWATCH_ACL="yes" if request.param == "acl" else "no",
             ),
             capture_output=True,
             text=True,
             check=False,
             timeout=60,
         )
-        assert 0 == result.returncode, result.stderr
-        found = Installed(root, pwd.getpwnam(USER), grp.getgrnam(GROUP))
+        assert (0, "") == (result.returncode, result.stderr)
+        found = Installed(root, pwd.getpwnam(USER), grp.getgrnam(GROUP), request.param)
         edit_config(found, emulator.url)
         found.secret.write_text(SECRET + "\n")  # sudoedit keeps root:root 0600
         yield found
@@ -155,33 +167,56 @@ def edit_config(installed: Installed, url: str) -> None:
 
 
 def test_install_gives_the_documented_owners_and_modes(installed):
-    """Config readable by the service's group only, the secret root's alone, the folder
-    writable by the group, and the folder listed with `-` in the unit's drop-in."""
+    """Config readable by the service's group only, the secret root's alone, and the folders
+    listed with `-` in the unit's drop-in."""
     root, gid = installed.root, installed.group.gr_gid
 
     def owner_mode(path: Path) -> tuple[int, int, int]:
         st = path.stat()
         return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
 
-    assert [
-        (0, gid, 0o750),
-        (0, gid, 0o640),
-        (0, 0, 0o600),
-        (0, gid, 0o2775),
-    ] == [
+    assert [(0, gid, 0o750), (0, gid, 0o640), (0, 0, 0o600)] == [
         owner_mode(root / "etc/ocrwatch"),
         owner_mode(installed.config),
         owner_mode(installed.secret),
-        owner_mode(installed.inbox),
     ]
     assert (
-        "[Service]\nReadWritePaths=-/srv/scans/inbox\n"
+        "[Service]\n" + "".join(f"ReadWritePaths=-{f}\n" for f in FOLDERS)
         == (root / "etc/systemd/system/ocrwatch.service.d/folders.conf").read_text()
     )
     assert (
         f"ExecStart={sys.executable} -m ocrwatch run -c /etc/ocrwatch/config.yaml"
         in (root / "etc/systemd/system/ocrwatch.service").read_text().splitlines()
     )
+
+
+def test_the_service_user_may_write_the_folders_and_read_the_scans(installed):
+    """In the existing folder, in a new one and in a subfolder made later by the scanner, the
+    service user can create sidecars and read the scans; with ACLs, the scanner's folder keeps
+    its group, and a subfolder made later is writable whatever the scanner's umask."""
+    inbox = installed.inbox
+    # The scanner, as root, after the install. Without ACLs its new folders must be group-
+    # writable (the README says so: umask 002, or samba's `force directory mode = 2775`).
+    (inbox / "later").mkdir()
+    if installed.access == "group":
+        (inbox / "later").chmod(0o2775)
+    write_png(inbox / "later/scan.png").chmod(0o640)
+    probe = (
+        f"touch {inbox}/x.guid {inbox}/later/x.guid {installed.root}/srv/scans/invoices/x.guid"
+        f" && cat {inbox}/scan-0000.png {inbox}/later/scan.png >/dev/null"
+    )
+
+    result = subprocess.run(
+        as_service_user("sh", "-c", probe),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+
+    assert (0, "") == (result.returncode, result.stderr)
+    kept = 0 if installed.access == "acl" else installed.group.gr_gid
+    assert kept == inbox.stat().st_gid
 
 
 def test_the_installed_service_submits_a_scan(installed, emulator, tmp_path):
@@ -209,20 +244,25 @@ def test_the_installed_service_submits_a_scan(installed, emulator, tmp_path):
     assert proc.poll() is None, log.read_text()
 
     scan = write_png(installed.inbox / "scan-0001.png", seed=41)  # the scanner, as root
-    scan.chmod(0o644)
-    guid_file = installed.inbox / "scan-0001.png.guid"
-    wait_until(guid_file.exists, 20, "the .guid sidecar")
+    scan.chmod(0o640)
+    scans = [
+        installed.inbox / "scan-0000.png",
+        scan,
+    ]  # the catch-up scan's, and a new one
+    guids = [p.with_name(p.name + ".guid") for p in scans]
+    wait_until(lambda: all(g.exists() for g in guids), 20, "both .guid sidecars")
     proc.send_signal(signal.SIGTERM)
     assert 0 == proc.wait(30)
 
     text = log.read_text()
-    sent = emulator.submissions()
-    assert [hashlib.sha256(scan.read_bytes()).hexdigest()] == [
-        r["image_sha256"] for r in sent
+    sent = {r["image_sha256"]: r["guid"] for r in emulator.submissions()}
+    assert [f"{sent[hashlib.sha256(p.read_bytes()).hexdigest()]}\n" for p in scans] == [
+        g.read_text() for g in guids
     ]
-    assert f"{sent[0]['guid']}\n" == guid_file.read_text()
-    assert installed.user.pw_uid == guid_file.stat().st_uid
-    assert 0 == stat.S_IMODE(guid_file.stat().st_mode) & 0o007, "UMask=0027"
+    assert 2 == len(emulator.submissions())
+    for guid_file in guids:
+        assert installed.user.pw_uid == guid_file.stat().st_uid
+        assert 0 == stat.S_IMODE(guid_file.stat().st_mode) & 0o007, "UMask=0027"
     assert (Path(env["STATE_DIRECTORY"]) / "journal.sqlite3").exists()
     assert "secret.file_unreadable" in text  # root's 0600 file: the credential was used
     assert SECRET not in text
