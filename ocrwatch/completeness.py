@@ -3,8 +3,9 @@
 A scanner that pauses in the middle of a page leaves a prefix that can stay quiet for longer than
 any settle time, and uploading it bills half an image. So PNG chunks are walked to IEND, JPEG
 segments (and entropy-coded data) to EOI, TIFF directories and the strips or tiles they point to
-are checked against the file's size, and so are a BMP's declared size and a GIF's blocks. No strict
-prefix of a well-formed image passes. Only running out of bytes counts: a format not recognised
+are checked against the file's size, and so are a BMP's declared size and a GIF's blocks; a PDF is
+whole once it ends with `%%EOF` (PDF white space after it allowed). No strict prefix of a
+well-formed image passes (for a PDF: none cut before its last `%%EOF`). Only running out of bytes counts: a format not recognised
 here, or a structure damaged in some other way, passes, and the service says what it makes of it.
 
 Pure: the caller passes `read(offset, length)`, so tests pass bytes and the job loop a file.
@@ -36,6 +37,8 @@ TIFF_TYPE_SIZES: Final = {
     11: 4,
     12: 8,
 }
+PDF_TAIL: Final = 1024
+PDF_WHITESPACE: Final = b"\x00\t\n\x0c\r "  # PDF 32000-1 §7.2.2
 TIFF_DATA_TAGS: Final = (
     (273, 279),
     (324, 325),
@@ -176,6 +179,36 @@ def _tiff(read: Read, size: int) -> str | None:
     return None
 
 
+def tiff_pages(read: Read, size: int) -> int:
+    """How many pages (image directories) a TIFF chains together, counting those that lie
+    inside the file; a loop or a pointer out of the file ends the count."""
+    head = read(0, 8)
+    if len(head) < 8:
+        return 0
+    order = "<" if head[:2] == b"II" else ">"
+    (offset,) = struct.unpack(order + "I", head[4:8])
+    seen: set[int] = set()
+    while offset and offset not in seen and len(seen) < TIFF_MAX_IFDS:
+        raw = read(offset, 2)
+        if len(raw) < 2:
+            break
+        seen.add(offset)
+        (count,) = struct.unpack(order + "H", raw)
+        raw = read(offset + 2 + 12 * count, 4)
+        if len(raw) < 4:
+            break
+        (offset,) = struct.unpack(order + "I", raw)
+    return len(seen)
+
+
+def _pdf(read: Read, size: int) -> str | None:
+    start = max(0, size - PDF_TAIL)
+    tail = read(start, size - start).rstrip(PDF_WHITESPACE)
+    if tail.endswith(b"%%EOF"):
+        return None
+    return f"truncated PDF: no %%EOF at its end after {size} bytes"
+
+
 def _bmp(read: Read, size: int) -> str | None:
     header = read(0, 14)
     if len(header) < 14:
@@ -231,4 +264,5 @@ MAGICS: Final[
     (b"BM", ("BMP", _bmp)),
     (b"GIF87a", ("GIF", _gif)),
     (b"GIF89a", ("GIF", _gif)),
+    (b"%PDF-", ("PDF", _pdf)),
 )
