@@ -141,10 +141,10 @@ def _tiff(read: Read, size: int) -> str | None:
     while offset:
         if offset in seen or len(seen) >= TIFF_MAX_IFDS:
             return None  # directories in a loop: damaged, not short
-        if seen and offset + 2 > size:
-            return None  # a later page's pointer into nowhere: page one is whole
         seen.add(offset)
         if offset + 2 > size:
+            # A later page too: a multi-page TIFF being written must not be judged (and
+            # rejected for its page count) on the pages it has so far.
             return f"truncated TIFF: its directory at byte {offset} is past the end ({size} bytes)"
         (count,) = struct.unpack(order + "H", read(offset, 2))
         end = offset + 2 + 12 * count + 4
@@ -180,8 +180,8 @@ def _tiff(read: Read, size: int) -> str | None:
 
 
 def tiff_pages(read: Read, size: int) -> int:
-    """How many pages (image directories) a TIFF chains together, counting those that lie
-    inside the file; a loop or a pointer out of the file ends the count."""
+    """How many pages (image directories) a TIFF chains together, as it announces them: a
+    directory pointed at past the end counts; a loop ends the count."""
     head = read(0, 8)
     if len(head) < 8:
         return 0
@@ -189,10 +189,10 @@ def tiff_pages(read: Read, size: int) -> int:
     (offset,) = struct.unpack(order + "I", head[4:8])
     seen: set[int] = set()
     while offset and offset not in seen and len(seen) < TIFF_MAX_IFDS:
+        seen.add(offset)
         raw = read(offset, 2)
         if len(raw) < 2:
-            break
-        seen.add(offset)
+            break  # announced, so counted, though it is not (yet) in the file
         (count,) = struct.unpack(order + "H", raw)
         raw = read(offset + 2 + 12 * count, 4)
         if len(raw) < 4:
