@@ -106,8 +106,8 @@ def plan(
             decided.append(
                 Skipped(
                     kind,
-                    f"{names[0].name} and {names[1].name} are files of someone else's; "
-                    "rename one to get this result",
+                    f"{names[0].name} and {names[1].name} both exist and are not "
+                    "ocrwatch's; move one away to get this result",
                 )
             )
         else:

@@ -19,6 +19,7 @@ from ocrwatch.results import (
     file_bytes,
     plan,
     write_results,
+    written_signature,
 )
 from ocrwatch.settings import Settings
 from ocrwatch.sidecar import write_atomic
@@ -203,6 +204,18 @@ class TestWrite:
             Existing.FOREIGN,
             Existing.FOREIGN,
         ] == seen
+
+    def test_a_written_signature_tells_a_replaced_file(self, tmp_path):
+        """The (inode, size, mtime) kept for a result differs once a user puts their own file
+        under its name, so the journal can tell ours from theirs."""
+        scan = write_png(tmp_path / "scan.png")
+        [path] = write_results(scan, [("Text", b"ours")], lambda p: False).files
+        kept = written_signature(path)
+        (tmp_path / "theirs").write_text("ours\n")
+
+        (tmp_path / "theirs").replace(path)
+
+        assert kept != written_signature(path)
 
 
 class TestWriteAtomic:
