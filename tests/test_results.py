@@ -238,6 +238,23 @@ class TestWriteAtomic:
         assert (True, b"%PDF-1.4") == (done, target.read_bytes())
         assert ["scan.png.pdf"] == [p.name for p in tmp_path.iterdir()]
 
+    def test_the_named_way_links_without_replacing(self, tmp_path):
+        """Where O_TMPFILE is missing (many shares), the named temporary file is linked in:
+        a free name gets the data, a taken one keeps its file, and no temporary is left."""
+        from ocrwatch.sidecar import _write_named
+
+        free, taken = tmp_path / "a.png.txt", tmp_path / "b.png.txt"
+        taken.write_text("the user's\n")
+
+        results = (
+            _write_named(free, b"ours\n", replace=False),
+            _write_named(taken, b"ours\n", replace=False),
+        )
+
+        assert (True, False) == results
+        assert ("ours\n", "the user's\n") == (free.read_text(), taken.read_text())
+        assert {"a.png.txt", "b.png.txt"} == {p.name for p in tmp_path.iterdir()}
+
     def test_a_big_result_is_written_whole(self, tmp_path):
         """A result far bigger than one write() (a long searchable PDF) arrives whole."""
         data = os.urandom(3 << 20) + b"%%EOF"
