@@ -24,7 +24,7 @@ from ocrwatch.errors import JournalError
 from ocrwatch.jobloop import JobLoop
 from ocrwatch.journal import DONE_STATES, Entry, Job, Journal
 from ocrwatch.outcome import Outcome, restore_guid
-from ocrwatch.selection import deepest_root, walk_candidates
+from ocrwatch.selection import deepest_root, is_result_file, walk_candidates
 from ocrwatch.sidecar import (
     Kind,
     existing_sidecar,
@@ -65,7 +65,9 @@ def expand(
         chosen = profile or (None if folder else "default")
         if path.is_dir():
             jobs += _walk(path, root or path, folder, chosen, summary)
-        elif is_sidecar_name(path.name):
+        elif is_sidecar_name(path.name) or is_result_file(
+            path, folder.include if folder else DEFAULT_INCLUDE
+        ):
             continue
         else:
             job = _given_file(path, root or path.parent, chosen, summary)

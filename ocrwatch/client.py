@@ -1,4 +1,5 @@
-"""The Aspose.OCR Cloud API as ocrwatch uses it: stream one image up, get its task GUID back.
+"""The Aspose.OCR Cloud API as ocrwatch uses it: stream one image (or PDF) up, get its task GUID
+back, and read the task's results.
 
 The request body is built around a base64 encoding done chunk by chunk, with the Content-Length
 computed up front, so memory does not grow with image size; the same bytes are hashed as sent.
@@ -22,13 +23,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 from urllib.parse import urlsplit
 
 import requests
 
 from ocrwatch import __version__
 from ocrwatch.auth import TokenCache, fetch_token
+from ocrwatch.completeness import tiff_pages
 from ocrwatch.config import ApiConfig, Credentials
 from ocrwatch.errors import (
     ApiError,
@@ -61,12 +63,15 @@ IMAGE_MAGIC: Final = (
     (b"BM", "BMP"),
     (b"GIF87a", "GIF"),
     (b"GIF89a", "GIF"),
+    (b"%PDF-", "PDF"),
 )
+# PDFs have their own endpoint with the same body (docs/aspose-api.md §7), and no trial one.
+PDF_ENDPOINT: Final = "RecognizePdf"
 AUTH_STATUSES: Final = (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN)
 
 
 def detect_image_type(head: bytes) -> str | None:
-    """The image format from its first bytes; the extension is not trusted."""
+    """The image format (or "PDF") from its first bytes; the extension is not trusted."""
     for magic, kind in IMAGE_MAGIC:
         if head.startswith(magic):
             return kind
@@ -197,17 +202,30 @@ class Submission:
     changed: str | None = None
 
 
+class ResultEntry(NamedTuple):
+    """One `results[]` entry: its type as the service named it, and its decoded bytes."""
+
+    kind: str
+    data: bytes
+
+
 @dataclass(frozen=True, slots=True)
 class TaskResult:
+    """A task as the service reported it: every result in its order, and what it said."""
+
     guid: str
     status: str
-    results: dict[str, bytes]
-    messages: tuple[str, ...] = ()
-    warnings: tuple[str, ...] = ()
+    results: tuple[ResultEntry, ...] = ()
+    messages: tuple[str, ...] = ()  # error.messages: why a task ended in Error
+    warnings: tuple[str, ...] = ()  # error.warnings: possible even when Completed
+    code: str = ""  # responseStatusCode
+
+    def data(self, kind: str) -> bytes | None:
+        return next((e.data for e in self.results if e.kind == kind), None)
 
     @property
     def text(self) -> str | None:
-        data = self.results.get("Text")
+        data = self.data("Text")
         return None if data is None else data.decode("utf-8", errors="replace")
 
 
@@ -235,6 +253,7 @@ class OcrClient:
         self.trial = api.trial or credentials is None
         endpoint = "RecognizeImageTrial" if self.trial else "RecognizeImage"
         self._url = f"{api.base_url}/v5.0/ocr/{endpoint}"
+        self._pdf_url = f"{api.base_url}/v5.0/ocr/{PDF_ENDPOINT}"
         self._proxies = proxies_for(self._url, api)
         self._verify = ca_bundle(api)
         self.tokens: TokenCache | None = None
@@ -279,8 +298,8 @@ class OcrClient:
         fd: int | None = None,
         progress: Progress | None = None,
     ) -> Submission:
-        """Send one image and return its task; raises RejectedError, ApiError or FileChangedError
-        (the file changed before the service accepted it).
+        """Send one image (a PDF to RecognizePdf) and return its task; raises RejectedError,
+        ApiError or FileChangedError (the file changed before the service accepted it).
 
         `fd`: the file as the caller opened and checked it; it stays open. Without it, `path`
         is opened here. `progress` is told of every step (a call, a chunk, a backoff wait).
@@ -291,6 +310,7 @@ class OcrClient:
         try:
             before = os.fstat(fd)
             image_type = _check_image(fd, before, path)
+            url = self._endpoint(image_type)
             prefix, suffix = payload_frame(settings)
             body = ImageBody(
                 fd,
@@ -300,7 +320,7 @@ class OcrClient:
                 progress=lambda: beat(f"sending {path}", 0.0),
             )
             guid, attempts = self._policy.call(
-                lambda: self._post_image(body, beat), path=str(path), progress=beat
+                lambda: self._post_image(url, body, beat), path=str(path), progress=beat
             )
             return Submission(
                 guid,
@@ -315,8 +335,18 @@ class OcrClient:
             if own:
                 os.close(fd)
 
-    def _post_image(self, body: ImageBody, progress: Progress) -> str:
-        answer = self._request("POST", self._url, body, progress=progress)
+    def _endpoint(self, image_type: str) -> str:
+        if image_type != "PDF":
+            return self._url
+        if self.trial:
+            raise RejectedError(
+                "a PDF needs the paid API: RecognizePdf has no trial endpoint; "
+                "set api.trial: false and give credentials, or convert the PDF to images"
+            )
+        return self._pdf_url
+
+    def _post_image(self, url: str, body: ImageBody, progress: Progress) -> str:
+        answer = self._request("POST", url, body, progress=progress)
         error = error_for_status(
             answer.status,
             problem_detail(answer.text),
@@ -384,11 +414,13 @@ class OcrClient:
                 ) from None
             raise
 
-    def fetch_result(self, guid: str) -> TaskResult:
-        """One GET of a task's state and, once Completed, its decoded results."""
-        answer = self._request(
-            "GET", f"{self._url}?id={guid}", max_bytes=RESULT_MAX_BYTES
-        )
+    def fetch_result(self, guid: str, *, pdf: bool = False) -> TaskResult:
+        """One GET of a task's state and, once Completed, its decoded results.
+
+        `pdf`: the task was created by RecognizePdf, and is read from there.
+        """
+        url = self._pdf_url if pdf and not self.trial else self._url
+        answer = self._request("GET", f"{url}?id={guid}", max_bytes=RESULT_MAX_BYTES)
         error = error_for_status(answer.status, problem_detail(answer.text))
         if error is not None:
             raise error
@@ -400,11 +432,12 @@ class OcrClient:
         *,
         deadline_s: float = 120.0,
         sleep: Callable[[float], None] = time.sleep,
+        pdf: bool = False,
     ) -> TaskResult:
         """Poll until the task is Completed, Error or NotExist, backing off from 2 s to 10 s."""
         waited, delay = 0.0, 2.0
         while True:
-            result = self.fetch_result(guid)
+            result = self.fetch_result(guid, pdf=pdf)
             if result.status not in ("Pending", "Processing") or waited >= deadline_s:
                 return result
             sleep(delay)
@@ -454,13 +487,14 @@ def ca_bundle(api: ApiConfig) -> str | bool:
 
 
 def parse_task_result(body: str) -> TaskResult:
+    """The task's state and every `results[]` entry decoded, in the service's order."""
     try:
         data = json.loads(body)
         status = str(data["taskStatus"])
-        results = {
-            str(item["type"]): base64.b64decode(item["data"] or "")
+        results = tuple(
+            ResultEntry(str(item["type"]), base64.b64decode(item["data"] or ""))
             for item in data.get("results") or []
-        }
+        )
         error = data.get("error") or {}
     except (ValueError, KeyError, TypeError) as exc:
         raise TransientApiError(
@@ -472,6 +506,7 @@ def parse_task_result(body: str) -> TaskResult:
         results=results,
         messages=tuple(map(str, error.get("messages") or ())),
         warnings=tuple(map(str, error.get("warnings") or ())),
+        code=str(data.get("responseStatusCode") or ""),
     )
 
 
@@ -519,8 +554,18 @@ def _check_image(fd: int, st: os.stat_result, path: Path) -> str:
     kind = detect_image_type(head)
     if kind is None:
         raise RejectedError(
-            f"not a supported image: {path.name} is not PNG, JPEG, TIFF, BMP or GIF by its content"
+            f"not a supported image: {path.name} is not PNG, JPEG, TIFF, BMP, GIF or PDF by its content"
         )
+    if kind == "TIFF":
+        try:
+            pages = tiff_pages(lambda offset, n: os.pread(fd, n, offset), st.st_size)
+        except OSError as exc:
+            raise RejectedError(f"cannot read the file: {exc.strerror}") from None
+        if pages > 1:
+            raise RejectedError(
+                f"a TIFF with {pages} pages; RecognizeImage reads single-page TIFF only; "
+                "split it or convert it to PDF"
+            )
     return kind
 
 

@@ -3,8 +3,9 @@
 A scanner that pauses in the middle of a page leaves a prefix that can stay quiet for longer than
 any settle time, and uploading it bills half an image. So PNG chunks are walked to IEND, JPEG
 segments (and entropy-coded data) to EOI, TIFF directories and the strips or tiles they point to
-are checked against the file's size, and so are a BMP's declared size and a GIF's blocks. No strict
-prefix of a well-formed image passes. Only running out of bytes counts: a format not recognised
+are checked against the file's size, and so are a BMP's declared size and a GIF's blocks; a PDF is
+whole once it ends with `%%EOF` (PDF white space after it allowed). No strict prefix of a
+well-formed image passes (for a PDF: none cut before its last `%%EOF`). Only running out of bytes counts: a format not recognised
 here, or a structure damaged in some other way, passes, and the service says what it makes of it.
 
 Pure: the caller passes `read(offset, length)`, so tests pass bytes and the job loop a file.
@@ -36,6 +37,8 @@ TIFF_TYPE_SIZES: Final = {
     11: 4,
     12: 8,
 }
+PDF_TAIL: Final = 1024
+PDF_WHITESPACE: Final = b"\x00\t\n\x0c\r "  # PDF 32000-1 §7.2.2
 TIFF_DATA_TAGS: Final = (
     (273, 279),
     (324, 325),
@@ -138,10 +141,10 @@ def _tiff(read: Read, size: int) -> str | None:
     while offset:
         if offset in seen or len(seen) >= TIFF_MAX_IFDS:
             return None  # directories in a loop: damaged, not short
-        if seen and offset + 2 > size:
-            return None  # a later page's pointer into nowhere: page one is whole
         seen.add(offset)
         if offset + 2 > size:
+            # A later page too: a multi-page TIFF being written must not be judged (and
+            # rejected for its page count) on the pages it has so far.
             return f"truncated TIFF: its directory at byte {offset} is past the end ({size} bytes)"
         (count,) = struct.unpack(order + "H", read(offset, 2))
         end = offset + 2 + 12 * count + 4
@@ -174,6 +177,36 @@ def _tiff(read: Read, size: int) -> str | None:
                     return f"truncated TIFF: image data ends past the end ({at + length} > {size} bytes)"
         (offset,) = struct.unpack(order + "I", read(end - 4, 4))
     return None
+
+
+def tiff_pages(read: Read, size: int) -> int:
+    """How many pages (image directories) a TIFF chains together, as it announces them: a
+    directory pointed at past the end counts; a loop ends the count."""
+    head = read(0, 8)
+    if len(head) < 8:
+        return 0
+    order = "<" if head[:2] == b"II" else ">"
+    (offset,) = struct.unpack(order + "I", head[4:8])
+    seen: set[int] = set()
+    while offset and offset not in seen and len(seen) < TIFF_MAX_IFDS:
+        seen.add(offset)
+        raw = read(offset, 2)
+        if len(raw) < 2:
+            break  # announced, so counted, though it is not (yet) in the file
+        (count,) = struct.unpack(order + "H", raw)
+        raw = read(offset + 2 + 12 * count, 4)
+        if len(raw) < 4:
+            break
+        (offset,) = struct.unpack(order + "I", raw)
+    return len(seen)
+
+
+def _pdf(read: Read, size: int) -> str | None:
+    start = max(0, size - PDF_TAIL)
+    tail = read(start, size - start).rstrip(PDF_WHITESPACE)
+    if tail.endswith(b"%%EOF"):
+        return None
+    return f"truncated PDF: no %%EOF at its end after {size} bytes"
 
 
 def _bmp(read: Read, size: int) -> str | None:
@@ -231,4 +264,5 @@ MAGICS: Final[
     (b"BM", ("BMP", _bmp)),
     (b"GIF87a", ("GIF", _gif)),
     (b"GIF89a", ("GIF", _gif)),
+    (b"%PDF-", ("PDF", _pdf)),
 )

@@ -64,6 +64,7 @@ DEFAULT_INCLUDE: Final = (
     "*.tiff",
     "*.bmp",
     "*.gif",
+    "*.pdf",
 )
 DEFAULT_EXCLUDE: Final = (".*", "*.tmp", "*.part", "~$*")
 SECRET_ENV: Final = "OCRWATCH_CLIENT_SECRET"

@@ -24,6 +24,7 @@ from ocrwatch.selection import (
     deepest_root,
     is_candidate,
     is_ignored_dir,
+    is_result_file,
     walk_candidates,
 )
 from ocrwatch.settle import Look, SettleTracker, Verdict
@@ -102,7 +103,9 @@ class Intake:
             ):
                 self._add_moved_in_dir(path, root, folder, now)
             return
-        if is_candidate(rel, folder.include, folder.exclude):
+        if is_candidate(rel, folder.include, folder.exclude) and not is_result_file(
+            path, folder.include
+        ):
             self._tracker.touch(
                 path, root, folder.settle_seconds, now, self._look(path)
             )

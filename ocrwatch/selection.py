@@ -3,6 +3,8 @@
 Patterns match case-insensitively (scanners write `.JPG` as often as `.jpg`), against the file name
 and against the path relative to the watched root. Symbolic links are followed only to regular
 files inside a watched root, and never into directories, so a link cannot escape or loop.
+ocrwatch's own result files are never candidates, whatever the patterns say: by name, a
+`<X>.<result ext>` or `<X>.ocr.<result ext>` whose `<X>` is an image or PDF name beside it.
 """
 
 from __future__ import annotations
@@ -12,13 +14,19 @@ import functools
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Final
 
+from ocrwatch.config import DEFAULT_INCLUDE
 from ocrwatch.profiles import OVERRIDE_NAME
-from ocrwatch.sidecar import SIDECAR_SUFFIXES, TMP_PREFIX
+from ocrwatch.sidecar import (
+    RESULT_EXTENSIONS,
+    RESULT_INFIX,
+    SIDECAR_SUFFIXES,
+    TMP_PREFIX,
+)
 
 IGNORED_NAMES: Final = (
     ".DS_Store",
@@ -33,6 +41,7 @@ IGNORED_NAMES: Final = (
     OVERRIDE_NAME,
 )
 IGNORED_DIRS: Final = ("@eaDir", "#recycle", ".stfolder", ".stversions", ".Trash*")
+RESULT_EXTS: Final = frozenset(f".{ext}" for ext in RESULT_EXTENSIONS.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +52,8 @@ class Rules:
     exclude: re.Pattern[str]
     ignored_names: re.Pattern[str]
     ignored_dirs: re.Pattern[str]
+    # The names results are written for: the include patterns and the image/PDF defaults.
+    originals: re.Pattern[str]
 
     def is_ignored_dir(self, name: str) -> bool:
         return bool(self.ignored_dirs.match(name) or self.exclude.match(name))
@@ -57,6 +68,32 @@ class Rules:
             return False
         return bool(self.include.match(name) or self.include.match(rel))
 
+    def is_result(self, name: str, siblings: Container[str]) -> bool:
+        """Is `name` a result ocrwatch writes for an original among `siblings` (its folder)?
+
+        A name like `a.png.png.png` is a result only if its `<X>` is a real original, itself
+        no result: `a.png.png` beside `a.png` does not make a third file a result of it.
+        """
+        return any(
+            origin in siblings
+            and not self.ignored_names.match(origin)
+            and bool(self.originals.match(origin))
+            and not self.is_result(origin, siblings)
+            for origin in result_origins(name)
+        )
+
+
+def result_origins(name: str) -> list[str]:
+    """The originals `name` would be a result of, by name alone: `a.png.ocr.pdf` -> `a.png`
+    (and `a.png.ocr`, which is no image name); `a.pdf` -> `a`."""
+    stem, dot, ext = name.rpartition(".")
+    if not stem or f"{dot}{ext}".lower() not in RESULT_EXTS:
+        return []
+    origins = [stem]
+    if stem.lower().endswith(RESULT_INFIX) and len(stem) > len(RESULT_INFIX):
+        origins.append(stem[: -len(RESULT_INFIX)])
+    return origins
+
 
 def _compile(patterns: Iterable[str]) -> re.Pattern[str]:
     parts = [fnmatch.translate(p) for p in patterns]
@@ -70,7 +107,27 @@ def rules_for(include: tuple[str, ...], exclude: tuple[str, ...]) -> Rules:
         _compile(exclude),
         _compile(IGNORED_NAMES),
         _compile(IGNORED_DIRS),
+        _compile((*include, *DEFAULT_INCLUDE)),
     )
+
+
+def is_result_file(path: Path, include: Sequence[str]) -> bool:
+    """Is the file at `path` one of ocrwatch's result files (its original is beside it)?"""
+    rules = rules_for(tuple(include), ())
+    origins = result_origins(path.name)
+    if not origins:
+        return False  # the common case, with no look at the disk
+    return rules.is_result(path.name, _Beside(path.parent))
+
+
+class _Beside:
+    """The names in a folder, looked up one by one (lstat) instead of listed."""
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and os.path.lexists(self._folder / name)
 
 
 def is_ignored_dir(name: str, exclude: Sequence[str]) -> bool:
@@ -171,7 +228,9 @@ def walk_candidates(
                 continue
             if is_dir and recursive and not rules.is_ignored_dir(entry.name):
                 pending.append(entry.path)
-            if not rules.accepts(entry.name, entry.path[prefix:]):
+            if not rules.accepts(entry.name, entry.path[prefix:]) or rules.is_result(
+                entry.name, names
+            ):
                 continue
             st = (
                 candidate_stat(Path(entry.path), roots)

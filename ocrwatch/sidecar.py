@@ -1,4 +1,5 @@
-"""Sidecar files next to the originals: `<name>.guid` on success, `<name>.error` on rejection.
+"""Files ocrwatch writes next to the originals: `<name>.guid` on success, `<name>.error` on
+rejection, and result files (`<name>.txt`, `<name>.pdf`, ... or `<name>.ocr.<ext>`).
 
 Descriptors are close-on-exec, as `os.open` makes every one (PEP 446).
 Written atomically: a temporary file, fsync, then made visible under its name in one step (link of
@@ -33,6 +34,16 @@ class Kind(StrEnum):
 
 
 SIDECAR_SUFFIXES: Final = tuple(k.value for k in Kind)
+# A result's type (docs/aspose-api.md §5 `results[].type`) -> the extension of its file.
+RESULT_EXTENSIONS: Final = {
+    "Text": "txt",
+    "Pdf": "pdf",
+    "Hocr": "hocr",
+    "JSON": "json",
+    "ImagePNG": "png",
+}
+# The infix of a result's second name, taken when a user's file already has the first.
+RESULT_INFIX: Final = ".ocr"
 
 
 def sidecar_path(original: Path, kind: Kind) -> Path:
@@ -70,24 +81,40 @@ def write_sidecar(
     target = sidecar_path(original, kind)
     # A file name that is not UTF-8 may be quoted in the text: its odd bytes are escaped.
     data = (" ".join(text.split()) + "\n").encode("utf-8", "backslashreplace")
-    try:
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-    except OSError as exc:
-        raise SidecarError(f"cannot write {target}: {exc.strerror}") from None
-    try:
-        if not _write_anonymous(dir_fd, target, data, staging):
-            _write_named(target, data)
-        _fsync_dir(dir_fd)
-    except OSError as exc:
-        raise SidecarError(f"cannot write {target}: {exc.strerror}") from None
-    finally:
-        os.close(dir_fd)
+    write_atomic(target, data, staging=staging)
     other = Kind.ERROR if kind is Kind.GUID else Kind.GUID
     # Best effort: this sidecar is written, and a stale one that cannot be removed (a name one
     # byte too long for `.error`, say) must not turn that into a failure.
     with contextlib.suppress(OSError):
         sidecar_path(original, other).unlink()
     return target
+
+
+def write_atomic(
+    target: Path, data: bytes, *, replace: bool = True, staging: Path | None = None
+) -> bool:
+    """Put `data` in place as `target` in one step; the one writer of files next to originals.
+
+    `replace=False` never replaces a file that exists: False if one took the name meanwhile
+    (a user's file appearing between the decision and the write), True once written.
+    Raises SidecarError if the folder or the disk refuses it.
+    """
+    try:
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+    except OSError as exc:
+        raise SidecarError(f"cannot write {target}: {exc.strerror}") from None
+    try:
+        if not _write_anonymous(dir_fd, target, data, staging):
+            if not replace and os.path.lexists(target):
+                return False
+            if not _write_named(target, data, replace=replace):
+                return False
+        _fsync_dir(dir_fd)
+    except OSError as exc:
+        raise SidecarError(f"cannot write {target}: {exc.strerror}") from None
+    finally:
+        os.close(dir_fd)
+    return True
 
 
 def why_unwritable(original: Path) -> str | None:
@@ -143,7 +170,7 @@ def _write_anonymous(
         except OSError:
             continue
         try:
-            os.write(fd, data)
+            _write_all(fd, data)
             os.fsync(fd)
             # With dst_dir_fd, CPython calls linkat(AT_SYMLINK_FOLLOW), which links the open
             # inode; plain os.link() would try to hard-link the /proc symlink itself (EXDEV).
@@ -180,26 +207,55 @@ def _device(folder: Path) -> int:
     return folder.stat().st_dev
 
 
-def _write_named(target: Path, data: bytes) -> None:
-    """A named temporary file in the same folder, fsync, then rename over the target."""
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write may write less than asked (a big PDF, a signal): loop until all is written."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _write_named(target: Path, data: bytes, *, replace: bool = True) -> bool:
+    """A named temporary file in the same folder, fsync, then rename over the target.
+
+    Without `replace`, it is hard-linked in instead, which fails rather than replace a file
+    that took the name meanwhile (False); where links are refused, a last look and a rename.
+    """
     # Short, whatever the target's name: a long name must fit once, not twice.
     tmp = target.with_name(f"{TMP_PREFIX}{secrets.token_hex(6)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        fd = os.open(
-            tmp,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-            0o644,
-        )
         try:
-            os.write(fd, data)
+            _write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
-        tmp.replace(target)
+        if replace or not _link_no_replace(tmp, target):
+            tmp.replace(target)
+        else:
+            tmp.unlink()
+    except FileExistsError:  # only the no-replace link raises it
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        return False
     except OSError:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    return True
+
+
+def _link_no_replace(tmp: Path, target: Path) -> bool:
+    """Link `tmp` in as `target`; False where the filesystem has no hard links (the caller
+    renames). Raises FileExistsError if the name is taken."""
+    try:
+        os.link(tmp, target)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, "exists", str(target)) from None
+        return False
+    return True
 
 
 def _fsync_dir(dir_fd: int) -> None:

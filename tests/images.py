@@ -1,4 +1,5 @@
-"""Small real images for tests: valid PNG, JPEG-, TIFF-, BMP- and GIF-headed files, each unique."""
+"""Small real images for tests: valid PNG, JPEG-, TIFF-, BMP- and GIF-headed files, each unique,
+a multi-page TIFF and a small PDF."""
 
 from __future__ import annotations
 
@@ -137,3 +138,76 @@ def bmp_bytes(pixels: bytes) -> bytes:
     body = struct.pack("<IiiHHIIiiII", 40, 1, 1, 1, 24, 0, len(pixels), 0, 0, 0, 0)
     size = 14 + len(body) + len(pixels)
     return b"BM" + struct.pack("<IIi", size, 0, 14 + len(body)) + body + pixels
+
+
+def multipage_tiff_bytes(pages: int, *, big_endian: bool = False) -> bytes:
+    """A valid TIFF with `pages` image directories chained one after another, one strip each."""
+    order = ">" if big_endian else "<"
+    out = bytearray((b"MM\x00*" if big_endian else b"II*\x00") + b"\x00\x00\x00\x00")
+    entries = 4
+    ifd_size = 2 + 12 * entries + 4
+    previous_link = 4  # where the offset of the next directory goes
+    for page in range(pages):
+        strip = bytes([page % 256]) * 64
+        strip_at = len(out)
+        out += strip
+        ifd_at = len(out)
+        struct.pack_into(order + "I", out, previous_link, ifd_at)
+
+        def entry(tag: int, kind: int, value: int) -> bytes:
+            if kind == 3:
+                return struct.pack(order + "HHIHH", tag, kind, 1, value, 0)
+            return struct.pack(order + "HHII", tag, kind, 1, value)
+
+        out += struct.pack(order + "H", entries)
+        out += entry(256, 3, 8) + entry(257, 3, 8)
+        out += entry(273, 4, strip_at) + entry(279, 4, len(strip))
+        previous_link = len(out)
+        out += (
+            b"\x00\x00\x00\x00"  # no next directory, unless the next page fills it in
+        )
+        assert len(out) == ifd_at + ifd_size
+    return bytes(out)
+
+
+def pdf_bytes(text: str = "ocrwatch test page", seed: int = 0) -> bytes:
+    """A small valid one page PDF (its xref offsets right), unique per `seed`."""
+    content = f"BT /F1 12 Tf 72 720 Td ({text} {seed}) Tj ET".encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+        b"/Resources << /Font << /F1 4 0 R >> >> /Contents 5 0 R >>",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Times-Roman >>",
+        b"<< /Length "
+        + str(len(content)).encode()
+        + b" >>\nstream\n"
+        + content
+        + b"\nendstream",
+    ]
+    out = b"%PDF-1.7\n"
+    offsets = []
+    for i, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{i} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets)
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return out
+
+
+def pdf_xref_is_right(data: bytes) -> bool:
+    """Every in-use xref entry of a classic (uncompressed) PDF points at its `N 0 obj`."""
+    import re
+
+    at = int(re.findall(rb"startxref\s+(\d+)", data)[-1])
+    if not data[at:].startswith(b"xref"):
+        return False
+    lines = data[at:].split(b"\n")
+    first, count = map(int, lines[1].split())
+    for number, line in enumerate(lines[2 : 2 + count], start=first):
+        offset, _, kind = line.split()[:3]
+        if kind == b"n" and not data[int(offset) :].startswith(b"%d 0 obj" % number):
+            return False
+    return True

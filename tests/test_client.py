@@ -560,7 +560,7 @@ class TestBadInput:
 
         assert {
             "empty.png": "the file is empty",
-            "text.png": "not a supported image: text.png is not PNG, JPEG, TIFF, BMP or GIF by its content",
+            "text.png": "not a supported image: text.png is not PNG, JPEG, TIFF, BMP, GIF or PDF by its content",
             "dir.png": "not a file: it is a directory",
             "fifo.png": "cannot read the file: it is not a regular file (a FIFO, socket or device)",
             "dangling.png": "cannot read the file: it is a dangling symbolic link",

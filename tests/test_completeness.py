@@ -6,9 +6,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ocrwatch.completeness import why_incomplete
+from ocrwatch.completeness import tiff_pages, why_incomplete
 
-from .images import bmp_bytes, gif_bytes, jpeg_bytes, png_bytes, tiff_bytes
+from .images import (
+    bmp_bytes,
+    gif_bytes,
+    jpeg_bytes,
+    multipage_tiff_bytes,
+    pdf_bytes,
+    png_bytes,
+    tiff_bytes,
+)
 
 
 def check(data: bytes) -> str | None:
@@ -33,7 +41,13 @@ gifs = st.builds(
     gif_bytes, st.lists(st.binary(min_size=1, max_size=600), min_size=1, max_size=3)
 )
 bmps = st.builds(bmp_bytes, st.binary(min_size=1, max_size=200))
-images = st.one_of(pngs, jpegs, tiffs, gifs, bmps)
+multipage_tiffs = st.builds(
+    multipage_tiff_bytes, st.integers(1, 6), big_endian=st.booleans()
+)
+images = st.one_of(pngs, jpegs, tiffs, gifs, bmps, multipage_tiffs)
+pdfs = st.builds(
+    pdf_bytes, st.text(alphabet="abc xyz", max_size=40), st.integers(0, 999)
+)
 
 
 @given(images)
@@ -87,8 +101,8 @@ def test_a_jpeg_thumbnail_end_marker_is_not_the_end_of_the_file():
 
 @pytest.mark.parametrize(
     "data",
-    [b"plain text", b"\xff\xd8\xff\xe0\x00\x04\x00\x00" + b"garbage", b"%PDF-1.4"],
-    ids=["text", "damaged-jpeg", "pdf"],
+    [b"plain text", b"\xff\xd8\xff\xe0\x00\x04\x00\x00" + b"garbage"],
+    ids=["text", "damaged-jpeg"],
 )
 def test_damaged_or_unknown_content_is_left_to_the_service(data):
     """Only running out of bytes counts as incomplete; anything else goes ahead."""
@@ -109,3 +123,47 @@ def test_a_tiff_whose_directories_loop_is_left_to_the_service():
 def test_an_empty_file_is_waited_for():
     """A scanner may create the file before it writes anything."""
     assert "the file is empty so far" == check(b"")
+
+
+@given(pdfs)
+def test_a_whole_pdf_is_complete(data):
+    """A PDF that ends with %%EOF passes, with or without PDF white space after it."""
+    assert (None, None) == (check(data), check(data + b"\r\n \x00\n"))
+
+
+@given(pdfs, st.data())
+def test_no_pdf_cut_before_its_last_eof_marker_is_complete(data, draw):
+    """A PDF still being written (cut anywhere before its final %%EOF) waits."""
+    cut = draw.draw(st.integers(0, data.rindex(b"%%EOF") + 4), label="cut")
+
+    assert check(data[:cut]) is not None
+
+
+def test_a_truncated_pdf_says_so():
+    """The reason for an `.error` after incomplete_timeout names the missing %%EOF."""
+    data = pdf_bytes()[:200]
+
+    assert "truncated PDF: no %%EOF at its end after 200 bytes" == check(data)
+
+
+@pytest.mark.parametrize(
+    ("pages", "big_endian"),
+    [(1, False), (3, False), (3, True), (12, False)],
+    ids=["one", "three", "three-big-endian", "twelve"],
+)
+def test_tiff_pages_counts_the_directories(pages, big_endian):
+    """tiff_pages follows the chain of image directories, in either byte order."""
+    data = multipage_tiff_bytes(pages, big_endian=big_endian)
+
+    assert pages == tiff_pages(lambda o, n: data[o : o + n], len(data))
+
+
+def test_a_multipage_tiff_cut_before_its_last_page_waits():
+    """A later page pointed at past the end is a TIFF still being written, not a single page:
+    it waits, and tiff_pages still counts the page it announces."""
+    data = multipage_tiff_bytes(3)
+    last_ifd = len(data) - (2 + 12 * 4 + 4)
+    cut = data[: last_ifd - 64]  # the third page's strip and directory are missing
+
+    assert "truncated TIFF: its directory at byte" in (check(cut) or "")
+    assert 3 == tiff_pages(lambda o, n: cut[o : o + n], len(cut))

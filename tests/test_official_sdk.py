@@ -11,7 +11,7 @@ import base64
 import pytest
 
 from .conftest import fetch_token
-from .images import png_bytes
+from .images import pdf_bytes, png_bytes
 
 sdk = pytest.importorskip("aspose_ocr_cloud")
 
@@ -92,3 +92,73 @@ def test_sdk_sees_401_as_unauthorized(emulator):
 
     with pytest.raises(sdk.exceptions.UnauthorizedException):
         recognize.post_recognize_image(body())
+
+
+def test_sdk_recognize_pdf(emulator):
+    """post_recognize_pdf returns the GUID; get_recognize_pdf parses, with a valid PDF result."""
+    pdf_api = api(emulator, sdk.RecognizePdfApi)
+    document = pdf_bytes(seed=7)
+
+    guid = pdf_api.post_recognize_pdf(
+        sdk.OCRRecognizePdfBody(
+            image=base64.b64encode(document).decode(),
+            settings=sdk.OCRSettingsRecognizePdf(
+                resultType=sdk.ResultType("TextAndPdf")
+            ),
+        )
+    )
+    result = pdf_api.get_recognize_pdf(guid)
+
+    assert "/v5.0/ocr/RecognizePdf" == emulator.submissions()[0]["path"]
+    assert sdk.OCRTaskStatus.COMPLETED == result.task_status
+    assert ["Text", "Pdf"] == [r.type for r in result.results]
+    assert base64.b64decode(result.results[1].data).startswith(b"%PDF-")
+
+
+@pytest.mark.parametrize(
+    "result_type",
+    [
+        "Text",
+        "Pdf",
+        "TextAndPdf",
+        "Hocr",
+        "TextAndHocr",
+        "PdfAndHocr",
+        "TextAndPdfAndHocr",
+        "ImagePNG",
+        "JSON",
+    ],
+)
+def test_sdk_reads_every_result_type(emulator, result_type):
+    """The SDK deserialises the answer for each of its ResultType values."""
+    recognize = api(emulator, sdk.RecognizeImageApi)
+
+    guid = recognize.post_recognize_image(body(resultType=sdk.ResultType(result_type)))
+    result = recognize.get_recognize_image(guid)
+
+    assert sdk.OCRTaskStatus.COMPLETED == result.task_status
+    assert len(result_type.split("And")) == len(result.results)
+
+
+def test_sdk_reads_error_warnings_and_lost_tasks(emulator):
+    """Error with messages, Completed with warnings, and a lost task parse with the SDK's enums."""
+    recognize = api(emulator, sdk.RecognizeImageApi)
+    emulator.fail_next_task(messages=("Blank page.",))
+    emulator.warn_next_task("Low contrast.")
+    emulator.lose_next_task()
+
+    failed, warned, lost = (
+        recognize.get_recognize_image(recognize.post_recognize_image(body()))
+        for _ in range(3)
+    )
+
+    assert (sdk.OCRTaskStatus.ERROR, sdk.ResponseStatusCode.ERROR, ["Blank page."]) == (
+        failed.task_status,
+        failed.response_status_code,
+        failed.error.messages,
+    )
+    assert (sdk.OCRTaskStatus.COMPLETED, ["Low contrast."]) == (
+        warned.task_status,
+        warned.error.warnings,
+    )
+    assert sdk.OCRTaskStatus.NOTEXIST == lost.task_status

@@ -7,7 +7,12 @@ from pathlib import Path, PurePath
 import pytest
 
 from ocrwatch.config import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
-from ocrwatch.selection import candidate_stat, is_candidate, walk_candidates
+from ocrwatch.selection import (
+    candidate_stat,
+    is_candidate,
+    is_result_file,
+    walk_candidates,
+)
 
 from .images import write_png
 
@@ -110,3 +115,113 @@ def test_walk_non_recursive_stays_on_top(tmp_path):
     found = walk(tmp_path, recursive=False)
 
     assert ["a.png"] == [Path(f.path).name for f in found]
+
+
+@pytest.mark.parametrize(
+    ("original", "result"),
+    [
+        pytest.param("scan.png", "scan.png.txt", id="txt"),
+        pytest.param("scan.png", "scan.png.pdf", id="pdf-of-image"),
+        pytest.param("scan.pdf", "scan.pdf.pdf", id="pdf-of-pdf"),
+        pytest.param("scan.png", "scan.png.ocr.pdf", id="ocr-pdf"),
+        pytest.param("scan.png", "scan.png.hocr", id="hocr"),
+        pytest.param("scan.png", "scan.png.json", id="json"),
+        pytest.param("scan.png", "scan.png.png", id="png-of-png"),
+        pytest.param("scan.tif", "scan.tif.ocr.png", id="ocr-png"),
+        pytest.param("SCAN.JPG", "SCAN.JPG.PDF", id="any-case"),
+    ],
+)
+def test_result_files_are_never_candidates_whatever_the_patterns(
+    tmp_path, original, result
+):
+    """Beside its original, a result file is passed over by the walk and by the event path,
+    even with include: ["*"]."""
+    (tmp_path / original).write_bytes(b"x")
+    (tmp_path / result).write_bytes(b"%PDF-1.4\n%%EOF\n")
+
+    found = [
+        Path(f.path).name
+        for batch in walk_candidates(
+            tmp_path, recursive=False, include=["*"], exclude=[], roots=[tmp_path]
+        )
+        for f in batch
+    ]
+
+    assert [original] == found
+    assert is_result_file(tmp_path / result, ["*"])
+    assert not is_result_file(tmp_path / original, ["*"])
+
+
+@pytest.mark.parametrize(
+    ("beside", "name"),
+    [
+        pytest.param([], "scan.png.pdf", id="original-gone"),
+        pytest.param(["notes.txt"], "notes.txt.pdf", id="original-not-an-image"),
+        pytest.param(["report.pdf"], "report.pdf.docx.pdf", id="other-stem"),
+        pytest.param(["a.png", "a.png.png"], "a.png.png.png", id="result-of-a-result"),
+        pytest.param(["scan.png.guid"], "scan.png.guid.pdf", id="sidecar-original"),
+    ],
+)
+def test_a_file_that_only_looks_like_a_result_is_a_candidate(tmp_path, beside, name):
+    """Only a file whose `<X>` is an image or PDF beside it (and no result itself) is a
+    result: a user's `notes.txt.pdf`, or a PDF whose original is gone, is sent."""
+    for other in beside:
+        (tmp_path / other).write_bytes(b"x")
+    (tmp_path / name).write_bytes(b"%PDF-1.4\n%%EOF\n")
+
+    found = {
+        Path(f.path).name
+        for batch in walk_candidates(
+            tmp_path,
+            recursive=False,
+            include=DEFAULT_INCLUDE,
+            exclude=DEFAULT_EXCLUDE,
+            roots=[tmp_path],
+        )
+        for f in batch
+    }
+
+    assert name in found
+    assert not is_result_file(tmp_path / name, DEFAULT_INCLUDE)
+
+
+def test_pdfs_are_candidates_by_default():
+    """A scanner's `doc.pdf` is taken with the default include list."""
+    assert is_candidate(PurePath("inbox/doc.pdf"), DEFAULT_INCLUDE, DEFAULT_EXCLUDE)
+    assert is_candidate(PurePath("DOC.PDF"), DEFAULT_INCLUDE, DEFAULT_EXCLUDE)
+
+
+def test_a_result_file_event_is_not_tracked_nor_given_to_submit(tmp_path):
+    """The watcher's path (Intake.add_event) and `ocrwatch submit` with a shell glob pass a
+    result file over, and take its original."""
+    from ocrwatch.batch import Summary, expand
+    from ocrwatch.config import FolderConfig, parse_config
+    from ocrwatch.intake import Intake
+    from ocrwatch.journal import Journal
+
+    write_png(tmp_path / "in" / "scan.png")
+    (tmp_path / "in" / "scan.png.pdf").write_bytes(b"%PDF-1.4\n%%EOF\n")
+    root = tmp_path / "in"
+    journal = Journal(tmp_path / "journal.sqlite3")
+    intake = Intake(
+        journal,
+        {root: FolderConfig(path=root, include=("*.png", "*.pdf"))},
+        on_queued=lambda: None,
+        on_override_edit=lambda path: None,
+    )
+    config = parse_config(
+        {
+            "api": {"trial": True},
+            "state_dir": str(tmp_path),
+            "folders": [{"path": str(root)}],
+        },
+        "test",
+    )
+
+    intake.add_event(root, root / "scan.png.pdf", False, 0.0)
+    tracked_after_result = len(intake)
+    intake.add_event(root, root / "scan.png", False, 0.0)
+    jobs = expand(sorted(root.iterdir()), config, None, Summary())
+
+    assert (0, 1) == (tracked_after_result, len(intake))
+    assert ["scan.png"] == [job.path.name for job in jobs]

@@ -1,7 +1,9 @@
 """A local Aspose.OCR Cloud v5.0 server for trying ocrwatch offline, for tests and for benchmarks.
 
 It follows docs/aspose-api.md (token flow, exact JSON keys and enum strings, text/plain GUIDs, the
-token-endpoint lockout) and injects faults on request. It never imports ocrwatch's client or auth,
+token-endpoint lockout), serves RecognizeImage, RecognizeImageTrial and RecognizePdf, returns a
+valid file for every result type, and injects faults on request (HTTP errors, dropped
+connections, tasks that end in Error or read as NotExist, warnings). It never imports ocrwatch's client or auth,
 so a misreading of the spec cannot cancel out on both sides.
 """
 
@@ -14,9 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from ocrwatch.emulator.handler import Handler, Server
-from ocrwatch.emulator.state import EmulatorState, Faults, Scripted
+from ocrwatch.emulator.state import (
+    TASK_ERROR_MESSAGE,
+    EmulatorState,
+    Faults,
+    Scripted,
+    TaskScript,
+)
 
-__all__ = ["Emulator", "Faults"]
+__all__ = ["Emulator", "Faults", "TaskScript"]
 
 
 class Emulator:
@@ -127,6 +135,48 @@ class Emulator:
         with self.state.lock:
             self.state.scripted.extend(Scripted(kind) for _ in range(times))
 
+    def script_next_tasks(self, script: TaskScript, times: int = 1) -> None:
+        """The next `times` accepted tasks (any endpoint) end as `script` says."""
+        with self.state.lock:
+            self.state.task_scripts.extend(script for _ in range(times))
+
+    def fail_next_task(
+        self, times: int = 1, *, messages: tuple[str, ...] = (TASK_ERROR_MESSAGE,)
+    ) -> None:
+        """The next `times` accepted tasks end in `taskStatus: Error` with `messages`."""
+        self.script_next_tasks(TaskScript("Error", messages=messages), times)
+
+    def lose_next_task(self, times: int = 1) -> None:
+        """The next `times` accepted tasks read as NotExist (TaskNotFound), as if expired."""
+        self.script_next_tasks(TaskScript("NotExist"), times)
+
+    def warn_next_task(self, *warnings: str, times: int = 1) -> None:
+        """The next `times` accepted tasks complete with `warnings` in `error.warnings`."""
+        self.script_next_tasks(TaskScript(warnings=warnings), times)
+
+    def fail_task(
+        self, guid: str, *, messages: tuple[str, ...] = (TASK_ERROR_MESSAGE,)
+    ) -> None:
+        """An accepted task ends in Error from now on (KeyError if there is no such task)."""
+        with self.state.lock:
+            task = self.state.tasks[guid.lower()]
+            task.outcome, task.messages = "Error", messages
+
+    def lose_task(self, guid: str) -> None:
+        """An accepted task reads as NotExist from now on, as after the service's 24 hours."""
+        with self.state.lock:
+            self.state.tasks.pop(guid.lower(), None)
+
+    def set_delays(
+        self, pending_s: float | None = None, processing_s: float | None = None
+    ) -> None:
+        """How long tasks accepted from now on stay Pending and Processing."""
+        with self.state.lock:
+            if pending_s is not None:
+                self.state.pending_s = pending_s
+            if processing_s is not None:
+                self.state.processing_s = processing_s
+
     def expire_tokens(self) -> None:
         """Revoke every issued token, as if they all expired early."""
         with self.state.lock:
@@ -142,7 +192,8 @@ class Emulator:
             return list(self.state.received)
 
     def submissions(self) -> list[dict[str, Any]]:
-        """Accepted RecognizeImage(Trial) POSTs: the ones that created a task."""
+        """Accepted RecognizeImage(Trial) and RecognizePdf POSTs: the ones that created a task;
+        `path` says which endpoint."""
         return [r for r in self.received if r.get("guid") and r["method"] == "POST"]
 
     @property

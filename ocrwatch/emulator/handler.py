@@ -1,4 +1,5 @@
-"""The HTTP handler: routing, the token endpoint, RecognizeImage, task reads, fault injection."""
+"""The HTTP handler: routing, the token endpoint, RecognizeImage and RecognizePdf, task reads,
+fault injection."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from ocrwatch.emulator.state import (
     LOCKOUT_FAILURES,
     LOCKOUT_S,
     MAGIC,
+    PDF_MAGIC,
     TASK_TTL_S,
     EmulatorState,
     Scripted,
@@ -34,6 +36,12 @@ from ocrwatch.emulator.wire import (
     problem,
     task_response,
 )
+
+# Lower-cased route -> the endpoint's name as the spec spells it (§1, §7).
+ENDPOINTS = {
+    f"/v5.0/ocr/{name.lower()}": name
+    for name in ("RecognizeImage", "RecognizeImageTrial", "RecognizePdf")
+}
 
 
 class Server(ThreadingHTTPServer):
@@ -97,10 +105,11 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(self.st.latency_s)
         if route == "/connect/token" and method == "POST":
             self._token(body)
-        elif route in ("/v5.0/ocr/recognizeimage", "/v5.0/ocr/recognizeimagetrial"):
-            trial = route.endswith("trial")
+        elif route in ENDPOINTS:
+            endpoint = ENDPOINTS[route]
+            trial = endpoint.endswith("Trial")
             if method == "POST":
-                self._recognize(body, trial)
+                self._recognize(body, endpoint)
             else:
                 self._task(method, query, trial, with_results=True)
         elif route == "/v5.0/ocr/utilities/gettaskstatus" and method == "GET":
@@ -278,8 +287,11 @@ class Handler(BaseHTTPRequestHandler):
             roll -= rate
         return None
 
-    def _recognize(self, body: bytes, trial: bool) -> None:
-        path = "/v5.0/ocr/RecognizeImage" + ("Trial" if trial else "")
+    def _recognize(self, body: bytes, endpoint: str) -> None:
+        """RecognizeImage, its trial twin, and RecognizePdf: one body shape (§3, §7); a PDF
+        is valid only at RecognizePdf, and an image only at the others."""
+        trial = endpoint.endswith("Trial")
+        path = f"/v5.0/ocr/{endpoint}"
         record: dict[str, Any] = {
             "method": "POST",
             "path": path,
@@ -310,20 +322,35 @@ class Handler(BaseHTTPRequestHandler):
             self._json(400, parsed.problem, record=record)
             return
         image, settings = parsed
-        valid = image.startswith(MAGIC)
+        pdf = endpoint == "RecognizePdf"
+        valid = image.startswith(PDF_MAGIC) if pdf else image.startswith(MAGIC)
         sha = hashlib.sha256(image).hexdigest()
         record.update(image_sha256=sha, image_bytes=len(image), settings=settings)
         if not valid and self.st.bad_image == "reject":
-            self._json(
-                400,
-                problem(400, "Bad Request", "Unsupported image format"),
-                record=record,
-            )
+            detail = "The file is not a PDF" if pdf else "Unsupported image format"
+            self._json(400, problem(400, "Bad Request", detail), record=record)
             return
         guid = str(uuid.uuid4())
+        script = self.st.task_script()
         with self.st.lock:
             self.st.tasks[guid] = Task(
-                guid, time.monotonic(), settings, sha, len(image), valid, trial
+                guid,
+                time.monotonic(),
+                settings,
+                sha,
+                len(image),
+                valid,
+                trial,
+                pending_s=self.st.pending_s
+                if script.pending_s is None
+                else script.pending_s,
+                processing_s=self.st.processing_s
+                if script.processing_s is None
+                else script.processing_s,
+                outcome=script.outcome,
+                messages=script.messages,
+                warnings=script.warnings,
+                endpoint=endpoint,
             )
         record["guid"] = guid
         if fault is not None and fault.kind == "accept_drop":
@@ -368,4 +395,8 @@ class Handler(BaseHTTPRequestHandler):
             self.st.record({**record, "status": 200})
             self._send(200, b"", None)
             return
-        self._json(200, task_response(guid, task, self.st, with_results), record=record)
+        self._json(
+            200,
+            task_response(guid, task, with_results, time.monotonic()),
+            record=record,
+        )

@@ -64,6 +64,9 @@ MAGIC: Final = (
     b"GIF87a",
     b"GIF89a",
 )
+PDF_MAGIC: Final = b"%PDF-"
+TASK_OUTCOMES: Final = ("Completed", "Error", "NotExist")
+TASK_ERROR_MESSAGE: Final = "The emulator was told to fail this task."
 
 
 @dataclass
@@ -71,7 +74,9 @@ class Faults:
     """Random fault rates (0..1) for the RecognizeImage endpoints, and the Retry-After to send.
 
     `token_rate_429` is the token endpoint's own rate limiting (not the lock-out after refused
-    credentials, which the emulator does anyway).
+    credentials, which the emulator does anyway). `rate_task_error` and `rate_task_lost` are
+    accepted tasks that end in `Error` (with `error.messages`) or read as `NotExist`;
+    `task_warning`, when set, goes in every finished task's `error.warnings`.
     """
 
     rate_503: float = 0.0
@@ -80,6 +85,25 @@ class Faults:
     rate_drop: float = 0.0
     rate_accept_drop: float = 0.0
     token_rate_429: float = 0.0
+    rate_task_error: float = 0.0
+    rate_task_lost: float = 0.0
+    task_warning: str = ""
+
+
+@dataclass(frozen=True)
+class TaskScript:
+    """How one accepted task ends: `outcome` is Completed, Error or NotExist, after its own
+    Pending and Processing times (None: the emulator's)."""
+
+    outcome: str = "Completed"
+    messages: tuple[str, ...] = (TASK_ERROR_MESSAGE,)
+    warnings: tuple[str, ...] = ()
+    pending_s: float | None = None
+    processing_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.outcome not in TASK_OUTCOMES:
+            raise ValueError(f"outcome must be one of {', '.join(TASK_OUTCOMES)}")
 
 
 @dataclass
@@ -91,6 +115,12 @@ class Task:
     image_bytes: int
     valid_image: bool
     trial: bool
+    pending_s: float = 0.0
+    processing_s: float = 0.0
+    outcome: str = "Completed"  # Error, or NotExist: the service lost it
+    messages: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    endpoint: str = "RecognizeImage"
 
 
 @dataclass
@@ -121,12 +151,26 @@ class EmulatorState:
     tasks: dict[str, Task] = field(default_factory=dict)
     scripted: deque[Scripted] = field(default_factory=deque)
     token_scripted: deque[Scripted] = field(default_factory=deque)
+    task_scripts: deque[TaskScript] = field(default_factory=deque)
     received: list[dict[str, Any]] = field(default_factory=list)
     token_calls: int = 0
     # Requests whose body has arrived, answered or not: "in flight" for tests.
     bodies_read: int = 0
     in_flight: int = 0  # requests being answered right now
     peak_in_flight: int = 0
+
+    def task_script(self) -> TaskScript:
+        """How the task being accepted ends: scripted first, else by the fault rates."""
+        with self.lock:
+            if self.task_scripts:
+                return self.task_scripts.popleft()
+            f, roll = self.faults, self.rng.random()
+        warnings = (f.task_warning,) if f.task_warning else ()
+        if roll < f.rate_task_error:
+            return TaskScript("Error", warnings=warnings)
+        if roll < f.rate_task_error + f.rate_task_lost:
+            return TaskScript("NotExist")
+        return TaskScript(warnings=warnings)
 
     def record(self, entry: dict[str, Any]) -> None:
         entry = {"ts": time.time(), **entry}

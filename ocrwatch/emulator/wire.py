@@ -10,13 +10,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ocrwatch.emulator.state import MAGIC, SETTING_TYPES, EmulatorState, Task
+from ocrwatch.emulator.outputs import recognized_text, render, result_parts
+from ocrwatch.emulator.state import SETTING_TYPES, Task
 
 
 def task_response(
-    guid: str, task: Task | None, st: EmulatorState, with_results: bool
+    guid: str, task: Task | None, with_results: bool, now: float
 ) -> dict[str, Any]:
-    if task is None:
+    """The OCRResponse for a task at `now` (monotonic), with the spec's exact keys and enums."""
+    if task is None or (task.outcome == "NotExist" and now >= task.created):
         return {
             "id": guid,
             "taskStatus": "NotExist",
@@ -24,51 +26,46 @@ def task_response(
             "results": None,
             "error": None,
         }
-    age = time.monotonic() - task.created
-    if age < st.pending_s:
+    age = now - task.created
+    error: dict[str, list[str]] | None = None
+    results = None
+    if age < task.pending_s:
         status, code = "Pending", "NotReady"
-    elif age < st.pending_s + st.processing_s:
+    elif age < task.pending_s + task.processing_s:
         status, code = "Processing", "NotReady"
-    elif not task.valid_image:
-        return {
-            "id": guid,
-            "taskStatus": "Error",
-            "responseStatusCode": "Error",
-            "results": None,
-            "error": {"messages": ["The image could not be decoded."], "warnings": []},
-        }
+    elif not task.valid_image or task.outcome == "Error":
+        status, code = "Error", "Error"
+        messages = (
+            task.messages if task.valid_image else ("The image could not be decoded.",)
+        )
+        error = {"messages": list(messages), "warnings": list(task.warnings)}
     else:
         status, code = "Completed", "Ok"
-    results = results_for(task) if status == "Completed" and with_results else None
+        results = results_for(task) if with_results else None
+        if task.warnings:
+            error = {"messages": [], "warnings": list(task.warnings)}
     return {
         "id": guid,
         "taskStatus": status,
         "responseStatusCode": code,
         "results": results,
-        "error": None,
+        "error": error,
     }
 
 
 def results_for(task: Task) -> list[dict[str, str]]:
-    text = (
-        f"Recognized by the ocrwatch emulator: {task.image_bytes} bytes, sha256 {task.image_sha256}, "
-        f"language {task.settings.get('language', 'English')}."
+    """One entry per part of the requested resultType, each base64 as the spec says (§5)."""
+    settings = {k.lower(): v for k, v in task.settings.items()}  # keys as received
+    text = recognized_text(
+        task.image_bytes,
+        task.image_sha256,
+        str(settings.get("language") or "English"),
+        task.trial,
     )
-    if task.trial:
-        words = text.split(" ")
-        text = " ".join("*" * len(w) if i % 10 == 3 else w for i, w in enumerate(words))
-    kinds = task.settings.get("resultType", "Text")
-    out = []
-    for kind, data in (
-        ("Text", text.encode()),
-        ("Pdf", b"%PDF-1.4\n% ocrwatch emulator\n%%EOF\n"),
-        ("Hocr", f"<html><body><p class='ocr_par'>{text}</p></body></html>".encode()),
-        ("JSON", json.dumps({"blocks": [{"text": text}]}).encode()),
-        ("ImagePNG", MAGIC[0]),
-    ):
-        if kind in kinds:  # combined values name their parts: "TextAndPdf" -> Text, Pdf
-            out.append({"type": kind, "data": base64.b64encode(data).decode()})
-    return out
+    return [
+        {"type": part, "data": base64.b64encode(render(part, text)).decode()}
+        for part in result_parts(str(settings.get("resulttype") or "Text"))
+    ]
 
 
 @dataclass(frozen=True)
