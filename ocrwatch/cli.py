@@ -199,6 +199,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="fraction of token calls answered 429 with Retry-After (rate limiting) (default: 0)",
     )
     p.add_argument(
+        "--task-error",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="fraction of accepted tasks that end in Error (default: 0)",
+    )
+    p.add_argument(
+        "--task-lost",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="fraction of accepted tasks that read as NotExist (default: 0)",
+    )
+    p.add_argument(
+        "--task-warning",
+        default="",
+        metavar="TEXT",
+        help="a warning put in every finished task's error.warnings (default: none)",
+    )
+    p.add_argument(
         "--bad-image",
         choices=["reject", "task-error"],
         default="reject",
@@ -449,6 +469,9 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         rate_drop=args.drop,
         rate_accept_drop=args.accept_drop,
         token_rate_429=args.token_429,
+        rate_task_error=args.task_error,
+        rate_task_lost=args.task_lost,
+        task_warning=args.task_warning,
     )
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together; give both or neither")

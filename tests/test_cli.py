@@ -8,6 +8,11 @@ import subprocess
 from typing import Any
 
 import yaml
+from pydantic import SecretStr
+
+from ocrwatch.client import OcrClient
+from ocrwatch.config import ApiConfig, Credentials
+from ocrwatch.settings import Settings
 
 from .conftest import OCRWATCH, SECRET, cli_env, write_config
 from .images import write_png
@@ -328,6 +333,10 @@ def test_emulator_command_prints_url_first_and_exits_0_on_sigterm(tmp_path):
             SECRET,
             "--log",
             str(tmp_path / "e.jsonl"),
+            "--task-error",
+            "1",
+            "--task-warning",
+            "Skewed.",
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -337,6 +346,12 @@ def test_emulator_command_prints_url_first_and_exits_0_on_sigterm(tmp_path):
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()
         token = fetch_token(url)
+        client = OcrClient(
+            ApiConfig(base_url=url),
+            Credentials("test-client", SecretStr(SECRET)),
+        )
+        sub = client.submit(write_png(tmp_path / "a.png", 1), Settings())
+        task = client.wait_for_result(sub.guid)
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(10)
     finally:
@@ -349,6 +364,8 @@ def test_emulator_command_prints_url_first_and_exits_0_on_sigterm(tmp_path):
     assert 3 == len(token.split("."))
     assert 0 == code
     assert '"path": "/connect/token"' in (tmp_path / "e.jsonl").read_text()
+    assert ("Error", ("Skewed.",)) == (task.status, task.warnings)
+    assert task.messages
 
 
 def test_submit_on_a_terminal_shows_a_progress_bar(config_file, inbox, emulator):
