@@ -19,7 +19,7 @@ from ocrwatch.config import FolderConfig
 from ocrwatch.errors import JournalError
 from ocrwatch.journal import DONE_STATES, Entry, Journal
 from ocrwatch.selection import Found, walk_candidates
-from ocrwatch.sidecar import has_current_sidecar
+from ocrwatch.sidecar import NO_ERROR_NOTE, has_current_sidecar
 
 log = structlog.get_logger()
 
@@ -34,6 +34,22 @@ def needs_submission(found: Found, known: Entry | None) -> bool:
     if known.state in DONE_STATES:
         return (known.size, known.mtime_ns) != (found.size, found.mtime_ns)
     return False  # queued, failed or in flight already: the job loop has it
+
+
+def error_removed(found: Found, known: Entry | None) -> bool:
+    """Did the user delete the `.error` of an unchanged rejected file? That asks for it to be
+    tried again (the cause was fixed elsewhere: credentials, a service-side limit).
+
+    A rejection whose `.error` could not be written at all (a name too long for it) has
+    none to delete: it stays recorded, not sent again.
+    """
+    return (
+        known is not None
+        and known.state == "rejected"
+        and found.sidecar_mtime_ns is None
+        and (known.size, known.mtime_ns) == (found.size, found.mtime_ns)
+        and NO_ERROR_NOTE not in (known.last_error or "")
+    )
 
 
 def lost_sidecar_guid(found: Found, known: Entry | None) -> str | None:
@@ -69,6 +85,7 @@ def scan_folder(
     should_stop: Callable[[], bool] = lambda: False,
     restore: Callable[[Found, str], None] = lambda found, guid: None,
     on_error: Callable[[str, OSError], None] = lambda folder, exc: None,
+    clock: Callable[[], float] = time.time,
 ) -> ScanReport:
     """Walk one watched folder, `emit` every file that needs submitting, `restore` lost sidecars."""
     root = folder.path.absolute()
@@ -85,6 +102,7 @@ def scan_folder(
             break
         seen += len(batch)
         known = journal.lookup(f.path for f in batch)
+        retry = []
         for item in batch:
             record = known.get(item.path)
             if needs_submission(item, record):
@@ -92,6 +110,11 @@ def scan_folder(
                 emit(item)
             elif (guid := lost_sidecar_guid(item, record)) is not None:
                 restore(item, guid)
+            elif error_removed(item, record):
+                retry.append(Path(item.path))
+        for path in journal.requeue(retry, clock()):
+            found += 1
+            log.info("job.requeued", path=str(path), reason="its .error was removed")
     return ScanReport(root, seen, found)
 
 
@@ -173,6 +196,7 @@ class CatchUp:
                     self._stopping.is_set,
                     restore=self._restore,
                     on_error=self._cannot_read,
+                    clock=self._clock,
                 )
             except (OSError, JournalError) as exc:
                 log.error("rescan.failed", path=str(folder.path), error=str(exc))

@@ -11,6 +11,7 @@ started with.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import threading
 import time
@@ -28,11 +29,13 @@ from ocrwatch.errors import (
     JournalError,
     ProtocolError,
     RejectedError,
+    TokenRateLimitError,
     TransientApiError,
 )
 from ocrwatch.journal import Job, Journal
 from ocrwatch.metrics import Metrics
 from ocrwatch.outcome import Recorder, Result, look_at, remove_stale_guid
+from ocrwatch.pause import PAUSE_KEY, Pause, Why
 from ocrwatch.preflight import (
     Receipt,
     content_key,
@@ -85,6 +88,7 @@ class JobLoop:
         self._recorder = Recorder(
             journal, clock=clock, one_shot=one_shot, metrics=self._metrics
         )
+        self._one_shot = one_shot
         # Guards everything below; waited on by idle threads, notified by wake/resize/stop.
         self._cond = threading.Condition()
         # Bumped by wake(): a wake between a claim and the wait that follows is kept.
@@ -96,6 +100,9 @@ class JobLoop:
         self._paused_until = 0.0
         # What the pause waits out: "credentials" or "bad answers".
         self._paused_for = ""
+        # Until when the pause noted in the journal (for `status`) lasts; 0: none noted;
+        # inf: unknown (a killed daemon may have left one), so that start() removes it.
+        self._noted_until = math.inf
         # The last pause for senseless answers; 0 once an answer made sense.
         self._protocol_pause_s = 0.0
         self._journal_down = False
@@ -144,6 +151,7 @@ class JobLoop:
             return self.paused and self._paused_for == "credentials"
 
     def start(self) -> None:
+        self._note_pause(None)  # one a killed daemon left says nothing about this one
         self.resize(self._runtime.config.api.concurrency)
 
     def swap(self, runtime: Runtime) -> None:
@@ -157,6 +165,7 @@ class JobLoop:
             self._protocol_pause_s = 0.0
             started = self._size > 0
         if started:
+            self._note_pause(None)
             self.resize(runtime.config.api.concurrency)
         self.wake()
 
@@ -197,6 +206,8 @@ class JobLoop:
         now = self._clock()
         if now < self._paused_until:
             return None
+        if 0 < self._noted_until <= now:
+            self._note_pause(None)
         with self._claim_lock:
             job = self._journal.claim(now, on_claimed=self._begin)
         self._journal_is_back()  # a claim went through, whether or not one was due
@@ -377,6 +388,11 @@ class JobLoop:
             return rec.unsettled(job, now or Look(0, 0), runtime, str(exc))
         except AuthError as exc:
             return self._pause(job, exc, runtime)
+        except TokenRateLimitError as exc:
+            result = rec.retry_later(job, str(exc), exc.retry_after_s, exc.attempts)
+            wait = exc.retry_after_s or 1.0
+            self._note_pause(Pause(Why.RATE_LIMITED, str(exc), *self._span(wait)))
+            return result
         except TransientApiError as exc:
             return rec.retry_later(job, str(exc), exc.retry_after_s, exc.attempts)
         except ProtocolError as exc:
@@ -506,6 +522,7 @@ class JobLoop:
 
         started, wait = self._pause_uploads(runtime, longer, "bad answers")
         if started:
+            self._note_pause(Pause(Why.BAD_ANSWERS, str(exc), *self._span(wait)))
             log.error(
                 "uploads.paused_for_bad_answers",
                 error=str(exc),
@@ -527,6 +544,9 @@ class JobLoop:
             "credentials",
         )
         if started:
+            self._note_pause(
+                Pause(Why.CREDENTIALS_REFUSED, str(exc), *self._span(wait))
+            )
             log.error(
                 "auth.refused",
                 error=str(exc),
@@ -548,3 +568,21 @@ class JobLoop:
                 self._paused_until = now + length()
                 self._paused_for = cause
             return started, max(0.0, self._paused_until - now)
+
+    def _span(self, wait: float) -> tuple[float, float]:
+        now = self._clock()
+        return now, now + wait
+
+    def _note_pause(self, pause: Pause | None) -> None:
+        """Tell `status` why uploads wait, or that they no longer do. Only the daemon's loop
+        notes (a `submit` is over before anyone asks), and only a note is lost if the
+        journal cannot take it."""
+        if self._one_shot or (pause is None and self._noted_until == 0):
+            return
+        self._noted_until = 0.0 if pause is None else pause.until
+        try:
+            self._journal.put_meta(
+                PAUSE_KEY, None if pause is None else pause.encode(), self._clock()
+            )
+        except JournalError as exc:
+            log.warning("uploads.pause_not_noted", error=str(exc))

@@ -67,6 +67,13 @@ MIGRATIONS: Final = (
     ALTER TABLE files ADD COLUMN accepted_at REAL;
     CREATE INDEX files_content ON files(sha256, settings_key) WHERE sha256 IS NOT NULL;
     """,
+    # version 4: what the daemon knows beyond rows (an upload pause, the last prune), for
+    # `status`; submissions per hour and the daily prune by index
+    """
+    CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
+    CREATE INDEX files_accepted ON files(accepted_at) WHERE accepted_at IS NOT NULL;
+    CREATE INDEX files_finished ON files(updated_at) WHERE state IN ('submitted', 'rejected');
+    """,
 )
 # INDEXED BY: with few rows and no statistics SQLite would pick files_due and sort the backlog.
 CLAIM_SQL: Final = (
@@ -413,9 +420,7 @@ class Journal:
         self._set(path, now, "state='queued', held=1, last_error=?", (_text(reason),))
 
     def release_held(self, under: Path, now: float) -> int:
-        # A range, not LIKE: LIKE stops at the NUL in an escaped name (see `_key`).
-        low = _key(under).rstrip("/") + "/"
-        high = low[:-1] + "0"  # the character after "/"
+        low, high = _range_under(under)
         with self._file.tx() as db:
             cursor = db.execute(
                 "UPDATE files SET held=0, last_error=NULL, next_attempt_at=0, updated_at=? "
@@ -494,6 +499,99 @@ class Journal:
             (*wanted, limit),
         )
         return [_entry(r) for r in rows]
+
+    def failed_under(self, folder: Path) -> list[Entry]:
+        """Every failed or rejected row at or below `folder` (`retry FOLDER`)."""
+        low, high = _range_under(folder)
+        rows = self._file.query(
+            f"SELECT {ENTRY_COLUMNS} FROM files WHERE state IN ('failed', 'rejected')"
+            " AND ((path >= ? AND path < ?) OR path = ?) ORDER BY path",
+            (low, high, _key(folder)),
+        )
+        return [_entry(r) for r in rows]
+
+    def requeue(self, paths: Iterable[Path], now: float) -> list[Path]:
+        """Queue failed or rejected files again as if new: no attempts, due now, no reason.
+
+        Returns those that were; a row in another state (or none) is left as it is. The
+        caller removes their `.error`.
+        """
+        done = []
+        with self._file.tx() as db:
+            for path in paths:
+                row = db.execute(
+                    "UPDATE files SET state='queued', attempts=0, next_attempt_at=0,"
+                    " last_error=NULL, held=0, created_at=?, updated_at=?"
+                    " WHERE path=? AND state IN ('failed', 'rejected') RETURNING path",
+                    (now, now, _key(path)),
+                ).fetchone()
+                if row is not None:
+                    done.append(path)
+        return done
+
+    def oldest_queued(self) -> tuple[str, float] | None:
+        """The file waiting longest to be sent (held ones aside), and since when."""
+        rows = self._file.query(
+            "SELECT path, created_at FROM files WHERE state IN ('queued', 'failed')"
+            " AND held=0 ORDER BY created_at LIMIT 1"
+        )
+        return None if not rows else (_unkey(rows[0][0]), float(rows[0][1]))
+
+    def accepted_since(self, since: float) -> int:
+        """Files the service accepted (or whose content it had) since `since`."""
+        rows = self._file.query(
+            "SELECT COUNT(*) FROM files WHERE accepted_at >= ? AND state='submitted'",
+            (since,),
+        )
+        return int(rows[0][0])
+
+    def finished_before(self, cutoff: float, after: str, limit: int) -> list[str]:
+        """Paths (as stored) of rows done before `cutoff`, in path order from `after`: one
+        batch of the prune's walk, which keeps no lock between batches."""
+        rows = self._file.query(
+            "SELECT path FROM files INDEXED BY files_finished WHERE state IN"
+            " ('submitted', 'rejected') AND updated_at < ? AND path > ?"
+            " ORDER BY path LIMIT ?",
+            (cutoff, after, limit),
+        )
+        return [r[0] for r in rows]
+
+    def forget_finished(self, keys: Iterable[str], cutoff: float) -> int:
+        """Delete these rows if they are still done before `cutoff` (a file may have come
+        back meanwhile); one short transaction per batch."""
+        with self._file.tx() as db:
+            return sum(
+                db.execute(
+                    "DELETE FROM files WHERE path=? AND state IN ('submitted', 'rejected')"
+                    " AND updated_at < ?",
+                    (key, cutoff),
+                ).rowcount
+                for key in keys
+            )
+
+    def meta(self) -> dict[str, str]:
+        """The daemon's notes beside the rows; none in a journal an older ocrwatch wrote."""
+        if not self._file.query("SELECT 1 FROM sqlite_master WHERE name='meta'"):
+            return {}
+        return {k: v for k, v in self._file.query("SELECT key, value FROM meta")}
+
+    def put_meta(self, key: str, value: str | None, now: float) -> None:
+        """Set a note, or remove it (None)."""
+        if value is None:
+            self._file.write("DELETE FROM meta WHERE key=?", (key,))
+        else:
+            self._file.write(
+                "INSERT INTO meta(key, value, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value=excluded.value,"
+                " updated_at=excluded.updated_at",
+                (key, value, now),
+            )
+
+
+def _range_under(folder: Path) -> tuple[str, str]:
+    """Keys strictly below `folder`, as a range: LIKE stops at the NUL in an escaped name."""
+    low = _key(folder).rstrip("/") + "/"
+    return low, low[:-1] + "0"  # "0" is the character after "/"
 
 
 def _entry(r: sqlite3.Row) -> Entry:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,7 +47,12 @@ def signal_flags(flags: Flags) -> Iterator[None]:
 
 @contextlib.contextmanager
 def state_lock(state_dir: Path) -> Iterator[None]:
-    """One daemon per state_dir: two would claim the same journal rows."""
+    """One daemon per state_dir: two would claim the same journal rows.
+
+    Once the lock is taken, the file holds the daemon's pid, for `status`; a file left by a
+    daemon that is gone may still hold its pid, which is why the lock, not the pid, says
+    whether one runs.
+    """
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
         handle: TextIO = (state_dir / "ocrwatch.lock").open("a")
@@ -66,21 +72,31 @@ def state_lock(state_dir: Path) -> Iterator[None]:
             raise JournalError(
                 f"{state_dir}: another `ocrwatch run` is using this state_dir; stop it or set another state_dir"
             ) from None
+        with contextlib.suppress(OSError):  # the pid is for people; the lock is what counts
+            os.ftruncate(handle.fileno(), 0)
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
         yield
     finally:
         handle.close()
 
 
-def is_running(state_dir: Path) -> bool:
-    """Does an `ocrwatch run` hold this state_dir's lock right now?"""
+def is_running(state_dir: Path) -> int | None:
+    """The pid of the `ocrwatch run` that holds this state_dir's lock right now, else None.
+
+    0 if one holds it but its pid cannot be read (a daemon of an older version).
+    """
     try:
         handle = (state_dir / "ocrwatch.lock").open("r")
     except OSError:
-        return False
+        return None
     with handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
-            return True
+            try:
+                return int(handle.read(32).strip() or 0)
+            except (OSError, ValueError):
+                return 0
         fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
+        return None

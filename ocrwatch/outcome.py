@@ -28,7 +28,13 @@ from ocrwatch.retry import next_attempt_at
 from ocrwatch.runtime import Runtime
 from ocrwatch.settings import shorten
 from ocrwatch.settle import Look
-from ocrwatch.sidecar import Kind, read_guid, sidecar_path, write_sidecar
+from ocrwatch.sidecar import (
+    NO_ERROR_NOTE,
+    Kind,
+    read_guid,
+    sidecar_path,
+    write_sidecar,
+)
 
 log = structlog.get_logger()
 
@@ -274,7 +280,7 @@ class Recorder:
             write_sidecar(job.path, Kind.ERROR, reason, staging=runtime.staging)
         except SidecarError as exc:
             log.error("sidecar.write_failed", path=str(job.path), error=str(exc))
-            reason = f"{reason} (no .error: {exc})"
+            reason = f"{reason} {NO_ERROR_NOTE}{exc})"
         # The look it settled with (a link out is looked at as the link, not its target): a
         # rescan finds it the same and leaves it; one changed since is examined again.
         self._journal.mark_rejected(

@@ -44,6 +44,9 @@ RESULT_EXTENSIONS: Final = {
 }
 # The infix of a result's second name, taken when a user's file already has the first.
 RESULT_INFIX: Final = ".ocr"
+# In a rejection's recorded reason when its `.error` could not be written: a missing `.error`
+# then says nothing about what the user wants (see `catchup.error_removed`).
+NO_ERROR_NOTE: Final = "(no .error: "
 
 
 def sidecar_path(original: Path, kind: Kind) -> Path:
@@ -114,6 +117,20 @@ def write_atomic(
         raise SidecarError(f"cannot write {target}: {exc.strerror}") from None
     finally:
         os.close(dir_fd)
+    return True
+
+
+def remove_error(original: Path) -> bool:
+    """Remove `<name>.error` (`retry`): True if one was there. Raises SidecarError if it
+    stays (a folder the user may not write in)."""
+    try:
+        sidecar_path(original, Kind.ERROR).unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise SidecarError(
+            f"cannot remove {sidecar_path(original, Kind.ERROR)}: {exc.strerror}"
+        ) from None
     return True
 
 
