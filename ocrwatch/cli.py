@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,9 +24,7 @@ from ocrwatch.config import (
     load_settings,
 )
 from ocrwatch.errors import ApiError, ConfigError, OcrwatchError
-from ocrwatch.journal import STATES, Journal
-from ocrwatch.journalfile import recent_rebuilds
-from ocrwatch.lifecycle import is_running
+from ocrwatch.journal import Journal
 from ocrwatch.log import configure_logging
 from ocrwatch.profiles import resolve_profile
 
@@ -102,11 +100,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = command(
         "status",
-        "counts per state, queue depth, recent failures",
-        "Reads the journal in state_dir, whether or not the daemon runs. Exit 0.",
+        "is a daemon running, are uploads paused, counts, queue, failures",
+        "Reads the journal in state_dir (read-only, whether or not the daemon runs): "
+        "the daemon and its pid, an upload pause and why, counts per state, the queue, "
+        "submissions in the last hour and day, held files and recent failures. Exit 0.",
         parents=[common],
     )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--json", action="store_true", help="machine-readable output (see README)"
+    )
+    p.add_argument(
+        "--failed",
+        action="store_true",
+        help="list every failed and rejected file, with time and reason",
+    )
+    p = command(
+        "retry",
+        "queue failed or rejected files again and remove their .error",
+        "Queues failed or rejected files again, as if new, once the cause is fixed; "
+        "their .error is removed. A running daemon sends them within seconds; otherwise "
+        "the next `ocrwatch run` does. A folder stands for the failed and rejected files "
+        "under it. Exit 0; 2 if neither or both of PATH and --all-failed are given.",
+        parents=[common],
+    )
+    p.add_argument("paths", nargs="*", type=Path, metavar="PATH")
+    p.add_argument(
+        "--all-failed",
+        action="store_true",
+        help="every failed and rejected file in the journal",
+    )
 
     p = command(
         "emulator",
@@ -255,6 +277,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "retry" and bool(args.paths) == args.all_failed:
+        print(
+            "ocrwatch retry: give the files or folders to retry, or --all-failed "
+            "(not both)",
+            file=sys.stderr,
+        )
+        return 2
     interactive = sys.stderr.isatty()
     level = args.log_level or (
         "warning" if interactive and args.command == "submit" else "info"
@@ -368,94 +397,39 @@ def check_online(config: Config, credentials: Credentials | None) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from ocrwatch.report import format_failed, format_status, status_report
+
     config = load_config(config_path(args.config, os.environ))
-    report = status_report(config)
+    now = time.time()
+    report = status_report(config, now, failed=args.failed)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print_status(report)
+        lines = format_failed(report) if args.failed else format_status(report, now)
+        print("\n".join(lines))
     return 0
 
 
-def status_report(config: Config) -> dict[str, Any]:
-    """What the journal says, and what is true around it (a daemon, rebuilt journals)."""
-    path = config.journal_path
-    report: dict[str, Any] = {
-        "journal": str(path),
-        "exists": path.exists(),
-        "daemon_running": is_running(config.state_dir),
-        "rebuilds": recent_rebuilds(path),
-        "counts": dict.fromkeys(STATES, 0),
-        "queue_depth": 0,
-        "held": 0,
-        "held_files": [],
-        "recent_failures": [],
-    }
-    if not report["exists"]:
-        report["note"] = (
-            "the daemon is running but its journal file is missing; it writes it again "
-            "within seconds"
-            if report["daemon_running"]
-            else "no journal yet: nothing has been seen"
-        )
-        return report
+def cmd_retry(args: argparse.Namespace) -> int:
+    from ocrwatch.requeue import retry, targets
+
+    config = load_config(config_path(args.config, os.environ))
+    if not config.journal_path.exists():
+        print(f"nothing to retry: no journal yet at {config.journal_path}")
+        return 0
+    journal = Journal(config.journal_path)
     try:
-        journal = Journal(path, readonly=True)
-    except OcrwatchError as exc:
-        report["note"] = str(exc)
-        return report
-    try:
-        if journal.is_empty():
-            report["note"] = "the journal is empty: nothing has been seen"
-            return report
-        counts = journal.counts()
-        report.update(
-            counts=counts,
-            queue_depth=counts["queued"] + counts["failed"] + counts["submitting"],
-            held=journal.held_count(),
-            held_files=[
-                {"path": e.path, "reason": e.last_error}
-                for e in journal.entries(held=True, limit=10)
-            ],
-            recent_failures=[
-                {
-                    "path": e.path,
-                    "state": e.state,
-                    "attempts": e.attempts,
-                    "error": e.last_error,
-                    "at": dt.datetime.fromtimestamp(e.updated_at, dt.UTC).isoformat(
-                        timespec="seconds"
-                    ),
-                }
-                for e in journal.entries(states=("failed", "rejected"), limit=10)
-            ],
+        done = retry(
+            journal, targets(journal, args.paths, args.all_failed), time.time()
         )
-    except OcrwatchError as exc:
-        report["note"] = str(exc)
     finally:
         journal.close()
-    return report
-
-
-def print_status(report: dict[str, Any]) -> None:
-    print(f"journal: {report['journal']}")
-    print(f"daemon: {'running' if report['daemon_running'] else 'not running'}")
-    if note := report.get("note"):
-        print(note)
-    for line in report["rebuilds"]:
-        print(f"journal rebuilt: {line}")
-    print("  ".join(f"{state}: {n}" for state, n in report["counts"].items()))
-    print(f"queue depth: {report['queue_depth']} (held: {report['held']})")
-    if report["held_files"]:
-        print("held (not sent until the reason is fixed):")
-        for held in report["held_files"]:
-            print(f"  {held['path']}: {held['reason']}")
-    if report["recent_failures"]:
-        print("recent failures:")
-        for e in report["recent_failures"]:
-            print(
-                f"  {e['at']} {e['state']} {e['path']} (attempts {e['attempts']}): {e['error']}"
-            )
+    print(f"re-queued {len(done.requeued)}, not re-queued {len(done.skipped)}")
+    for path in done.requeued:
+        print(f"  re-queued: {path}")
+    for path, why in done.skipped:
+        print(f"  not re-queued: {path}: {why}")
+    return 0
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
@@ -509,5 +483,6 @@ COMMANDS = {
     "submit": cmd_submit,
     "check": cmd_check,
     "status": cmd_status,
+    "retry": cmd_retry,
     "emulator": cmd_emulator,
 }

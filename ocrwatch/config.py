@@ -348,6 +348,8 @@ class Config(Model):
     incomplete_timeout: Annotated[Duration, Field(le=7 * 86400)] = 600.0
     shutdown_timeout: Annotated[float, Field(ge=0, le=3600)] = 30.0
     metrics: MetricsConfig | None = None  # absent: nothing listens
+    # Rows of files that are gone and were done longer ago than this are pruned daily.
+    keep_days: Annotated[float, Field(ge=1, le=36500)] = 90.0
     folders: Annotated[tuple[FolderConfig, ...], Field(min_length=1)]
     profiles: dict[str, ProfileSpec] = Field(
         default_factory=lambda: {"default": ProfileSpec()}

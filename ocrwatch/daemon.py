@@ -34,6 +34,7 @@ from ocrwatch.progress import find_problems, stalled
 from ocrwatch.runtime import Runtime
 from ocrwatch.selection import Found
 from ocrwatch.service import ServiceNotices, status_text
+from ocrwatch.upkeep import Pruner
 from ocrwatch.watcher import SUPERVISE_EVERY_S, WatcherSet
 
 log = structlog.get_logger()
@@ -167,6 +168,7 @@ class Daemon:
             make_app(self.metrics, lambda: health_problems(self.health()))
         )
         self.notices = ServiceNotices(Notifier.from_env(env))
+        self.pruner = Pruner(journal, lambda: self.config.keep_days)
         self._started = False
         self._rebuilds_seen = journal.rebuilds
         self._journal_trouble: str | None = None
@@ -325,6 +327,7 @@ class Daemon:
             self.catchup.start_if_due(folders, list(folders))
             self._drain(timeout=self._tick_timeout())
             self.intake.settle_due(self.clock())
+            self.pruner.step(self.clock())  # a batch a tick while a daily prune runs
 
     def _check_journal(self) -> None:
         """A journal deleted under us is written again; after any rebuild (damage found, or

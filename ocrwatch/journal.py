@@ -345,7 +345,7 @@ class Journal:
             " AND state='submitted' AND guid IS NOT NULL AND path != ?",
             (sha256, settings_key, _key(besides)),
         )
-        return [(Path(_unkey(path)), guid) for path, guid in rows]
+        return [(Path(unkey(path)), guid) for path, guid in rows]
 
     def find_accepted(
         self, sha256: str, settings_key: str, since: float, *, own: Path
@@ -358,7 +358,7 @@ class Journal:
             " ORDER BY path=? DESC, accepted_at DESC LIMIT 1",
             (sha256, settings_key, _key(own), since, _key(own)),
         )
-        return None if not rows else (Path(_unkey(rows[0][0])), rows[0][1], rows[0][2])
+        return None if not rows else (Path(unkey(rows[0][0])), rows[0][1], rows[0][2])
 
     def mark_adopted(
         self, path: Path, *, guid: str, size: int, mtime_ns: int, now: float
@@ -535,7 +535,7 @@ class Journal:
             "SELECT path, created_at FROM files WHERE state IN ('queued', 'failed')"
             " AND held=0 ORDER BY created_at LIMIT 1"
         )
-        return None if not rows else (_unkey(rows[0][0]), float(rows[0][1]))
+        return None if not rows else (unkey(rows[0][0]), float(rows[0][1]))
 
     def accepted_since(self, since: float) -> int:
         """Files the service accepted (or whose content it had) since `since`."""
@@ -595,7 +595,7 @@ def _range_under(folder: Path) -> tuple[str, str]:
 
 
 def _entry(r: sqlite3.Row) -> Entry:
-    path = _unkey(r[0])
+    path = unkey(r[0])
     return Entry(
         path, r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), r[9], r[10]
     )
@@ -605,9 +605,7 @@ def _job(rows: list[sqlite3.Row]) -> Job | None:
     if not rows:
         return None
     path, root, size, mtime_ns, attempts, profile = rows[0]
-    return Job(
-        Path(_unkey(path)), Path(_unkey(root)), size, mtime_ns, attempts, profile
-    )
+    return Job(Path(unkey(path)), Path(unkey(root)), size, mtime_ns, attempts, profile)
 
 
 # A name that is not valid UTF-8 comes from os.fsdecode with its odd bytes as lone surrogates,
@@ -624,7 +622,7 @@ def _key(path: str | Path) -> str:
     return _ODD_BYTE.sub(lambda m: f"\0{ord(m.group()) - 0xDC00:02x}", text)
 
 
-def _unkey(key: str) -> str:
+def unkey(key: str) -> str:
     if "\0" not in key:
         return key
     return _ESCAPED_BYTE.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)), key)

@@ -72,7 +72,9 @@ def state_lock(state_dir: Path) -> Iterator[None]:
             raise JournalError(
                 f"{state_dir}: another `ocrwatch run` is using this state_dir; stop it or set another state_dir"
             ) from None
-        with contextlib.suppress(OSError):  # the pid is for people; the lock is what counts
+        with contextlib.suppress(
+            OSError
+        ):  # the pid is for people; the lock is what counts
             os.ftruncate(handle.fileno(), 0)
             handle.write(f"{os.getpid()}\n")
             handle.flush()

@@ -1,0 +1,108 @@
+"""Journal upkeep: rows of files that are gone and were done long ago are pruned, daily.
+
+A folder that sees 10,000 scans a day would otherwise grow the journal by millions of rows a
+year. Only finished rows (submitted, rejected) older than `keep_days` whose file no longer
+exists go: a row of a file that is still there keeps it from being sent again. The walk goes
+in batches, one step per call from the daemon's main loop, so that the journal's lock is
+never held for long and a signal is never kept waiting.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from typing import Final
+
+import structlog
+
+from ocrwatch.errors import JournalError
+from ocrwatch.journal import Journal, unkey
+
+log = structlog.get_logger()
+
+PRUNE_EVERY_S: Final = 86400.0
+RETRY_S: Final = 3600.0
+BATCH: Final = 500
+LAST_PRUNE_KEY: Final = "journal.pruned_at"
+
+
+def prune_due(last: float | None, now: float) -> bool:
+    """Once a day; a first start prunes at once."""
+    return last is None or now - last >= PRUNE_EVERY_S or now < last
+
+
+def is_gone(path: str) -> bool:
+    """lstat: a link is the file as the journal knows it, whatever it points to."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # unreadable is not gone
+    return False
+
+
+class Pruner:
+    """Steps through the old finished rows, one batch per `step`, once a day."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        keep_days: Callable[[], float],
+        *,
+        exists: Callable[[str], bool] = lambda path: not is_gone(path),
+    ) -> None:
+        self._journal = journal
+        self._keep_days = keep_days
+        self._exists = exists
+        self._cursor: str | None = None  # None: no walk in progress
+        self._cutoff = 0.0
+        self._removed = 0
+        self._last: float | None = None
+
+    def step(self, now: float) -> bool:
+        """Do one batch if a walk runs or is due; True while one runs.
+
+        A journal that fails meanwhile ends the walk; it is tried again an hour later.
+        """
+        try:
+            return self._step(now)
+        except JournalError as exc:
+            log.error("journal.prune_failed", error=str(exc), retry_in_s=RETRY_S)
+            self._cursor, self._last = None, now - PRUNE_EVERY_S + RETRY_S
+            return False
+
+    def _step(self, now: float) -> bool:
+        if self._cursor is None:
+            if self._last is None:
+                self._last = _last_prune(self._journal)
+            if not prune_due(self._last, now):
+                return False
+            self._cursor, self._removed = "", 0
+            self._cutoff = now - self._keep_days() * 86400.0
+        keys = self._journal.finished_before(self._cutoff, self._cursor, BATCH)
+        gone = [k for k in keys if not self._exists(unkey(k))]
+        if gone:
+            self._removed += self._journal.forget_finished(gone, self._cutoff)
+        if len(keys) == BATCH:
+            self._cursor = keys[-1]
+            return True
+        self._cursor, self._last = None, now
+        self._journal.put_meta(LAST_PRUNE_KEY, repr(now), now)
+        log.info("journal.pruned", rows=self._removed, keep_days=self._keep_days())
+        return False
+
+    def run(self, now: float) -> int:
+        """A whole walk at once (benchmarks, tests): the rows removed."""
+        self._last = -math.inf
+        while self.step(now):
+            pass
+        return self._removed
+
+
+def _last_prune(journal: Journal) -> float | None:
+    try:
+        return float(journal.meta()[LAST_PRUNE_KEY])
+    except (KeyError, ValueError):
+        return None
