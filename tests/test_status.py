@@ -288,10 +288,8 @@ class TestRetry:
         result = run_cli(
             "retry", "-c", str(config), str(inbox / "a.png"), str(inbox / "b.png")
         )
-        entries = {
-            n: journal_entry(tmp_path / "state", inbox / f"{n}.png").state
-            for n in "abc"
-        }
+        rows = [journal_entry(tmp_path / "state", inbox / f"{n}.png") for n in "abc"]
+        entries = {n: row.state for n, row in zip("abc", rows, strict=True) if row}
         with daemon_thread(config):
             wait_until(
                 lambda: (
