@@ -72,7 +72,8 @@ MIGRATIONS: Final = (
     """
     CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
     CREATE INDEX files_accepted ON files(accepted_at) WHERE accepted_at IS NOT NULL;
-    CREATE INDEX files_finished ON files(updated_at) WHERE state IN ('submitted', 'rejected');
+    CREATE INDEX files_finished ON files(updated_at)
+        WHERE state IN ('submitted', 'rejected');
     """,
 )
 # INDEXED BY: with few rows and no statistics SQLite would pick files_due and sort the backlog.
@@ -540,21 +541,24 @@ class Journal:
     def accepted_since(self, since: float) -> int:
         """Files the service accepted (or whose content it had) since `since`."""
         rows = self._file.query(
-            "SELECT COUNT(*) FROM files WHERE accepted_at >= ? AND state='submitted'",
+            "SELECT COUNT(*) FROM files INDEXED BY files_accepted"
+            " WHERE accepted_at >= ? AND state='submitted'",
             (since,),
         )
         return int(rows[0][0])
 
-    def finished_before(self, cutoff: float, after: str, limit: int) -> list[str]:
-        """Paths (as stored) of rows done before `cutoff`, in path order from `after`: one
-        batch of the prune's walk, which keeps no lock between batches."""
+    def finished_before(
+        self, cutoff: float, after: tuple[float, int], limit: int
+    ) -> list[tuple[float, int, str]]:
+        """(updated_at, rowid, path as stored) of rows done before `cutoff`, in that order
+        from `after`: one batch of the prune's walk, an index range, no lock kept between."""
         rows = self._file.query(
-            "SELECT path FROM files INDEXED BY files_finished WHERE state IN"
-            " ('submitted', 'rejected') AND updated_at < ? AND path > ?"
-            " ORDER BY path LIMIT ?",
-            (cutoff, after, limit),
+            "SELECT updated_at, rowid, path FROM files INDEXED BY files_finished"
+            " WHERE state IN ('submitted', 'rejected') AND updated_at < ?"
+            " AND (updated_at, rowid) > (?, ?) ORDER BY updated_at, rowid LIMIT ?",
+            (cutoff, *after, limit),
         )
-        return [r[0] for r in rows]
+        return [(float(r[0]), int(r[1]), r[2]) for r in rows]
 
     def forget_finished(self, keys: Iterable[str], cutoff: float) -> int:
         """Delete these rows if they are still done before `cutoff` (a file may have come

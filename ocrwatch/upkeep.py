@@ -56,7 +56,7 @@ class Pruner:
         self._journal = journal
         self._keep_days = keep_days
         self._exists = exists
-        self._cursor: str | None = None  # None: no walk in progress
+        self._cursor: tuple[float, int] | None = None  # None: no walk in progress
         self._cutoff = 0.0
         self._removed = 0
         self._last: float | None = None
@@ -79,14 +79,14 @@ class Pruner:
                 self._last = _last_prune(self._journal)
             if not prune_due(self._last, now):
                 return False
-            self._cursor, self._removed = "", 0
+            self._cursor, self._removed = (-math.inf, 0), 0
             self._cutoff = now - self._keep_days() * 86400.0
         keys = self._journal.finished_before(self._cutoff, self._cursor, BATCH)
-        gone = [k for k in keys if not self._exists(unkey(k))]
+        gone = [k for _, _, k in keys if not self._exists(unkey(k))]
         if gone:
             self._removed += self._journal.forget_finished(gone, self._cutoff)
         if len(keys) == BATCH:
-            self._cursor = keys[-1]
+            self._cursor = keys[-1][:2]
             return True
         self._cursor, self._last = None, now
         self._journal.put_meta(LAST_PRUNE_KEY, repr(now), now)
