@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -225,10 +226,10 @@ class TestPause:
         stopped_text = run_cli("status", "-c", str(config)).stdout
 
         pause = paused["pause"]
-        until = time.mktime(time.strptime(pause["until"], "%Y-%m-%dT%H:%M:%SZ"))
+        until = dt.datetime.fromisoformat(pause["until"]).timestamp()
         assert (True, "credentials_refused") == (pause["active"], pause["reason"])
         assert f"client_id `{CLIENT_ID}`" in pause["error"]
-        assert until - time.mktime(time.gmtime()) > 30
+        assert until - time.time() > 30
         assert 1 == paused["counts"]["queued"]
         assert "uploads: PAUSED, the credentials were refused" in text
         assert (False, True) == (
