@@ -17,7 +17,8 @@ from ocrwatch.catchup import error_removed
 from ocrwatch.daemon import Rescan
 from ocrwatch.emulator import Emulator
 from ocrwatch.jobloop import JobLoop
-from ocrwatch.journal import Entry, Job, Journal
+from ocrwatch.journal import MIGRATIONS, Entry, Job, Journal
+from ocrwatch.journalfile import JournalFile
 from ocrwatch.pause import PAUSE_KEY, Pause
 from ocrwatch.selection import Found
 from ocrwatch.upkeep import BATCH, Pruner, prune_due
@@ -158,6 +159,28 @@ class TestKeys:
         assert "submitted: 1 in the last hour, 2 in the last day" in text
         assert f"  {inbox / 'held-11.png'}: held: reason 11" in text
         assert "daemon: not running" in text
+
+    def test_status_reads_a_journal_of_the_previous_schema(
+        self, tmp_path, inbox, emulator
+    ):
+        """A daemon of the previous version still runs (schema 3, no meta table, no new
+        indexes): status reads it as it is, read-only, without a note."""
+        config = config_for(tmp_path, emulator.url, inbox)
+        old = JournalFile(tmp_path / "state" / "journal.sqlite3", MIGRATIONS[:3])
+        old.write(
+            "INSERT INTO files(path, root, size, mtime_ns, state, accepted_at,"
+            " created_at, updated_at) VALUES (?, ?, 1, 1, 'submitted', ?, ?, ?)",
+            (str(inbox / "a.png"), str(inbox), time.time(), time.time(), time.time()),
+        )
+        old.close()
+
+        report = status_json(config)
+
+        assert (None, 1, 1) == (
+            report["note"],
+            report["counts"]["submitted"],
+            report["submitted_last_hour"],
+        )
 
 
 class TestWhileRunningAndAfter:
