@@ -68,7 +68,8 @@ def main() -> None:
         help="how long a scan stays in the folder before it is moved away",
     )
     args = parser.parse_args()
-    configure_logging(json=True, level="warning")  # journal.pruned daily is not the figure
+    # journal.pruned, daily, is not the figure
+    configure_logging(json=True, level="warning")
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "journal.sqlite3"
