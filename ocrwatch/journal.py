@@ -531,10 +531,11 @@ class Journal:
         return done
 
     def oldest_queued(self) -> tuple[str, float] | None:
-        """The file waiting longest to be sent (held ones aside), and since when."""
+        """The file waiting longest to be sent (held ones aside), and since when: the path
+        beside what `oldest_queued_at` gives the metrics."""
         rows = self._file.query(
-            "SELECT path, created_at FROM files WHERE state IN ('queued', 'failed')"
-            " AND held=0 ORDER BY created_at LIMIT 1"
+            "SELECT path, created_at FROM files WHERE state IN ('queued', 'failed',"
+            " 'submitting') AND held=0 ORDER BY created_at LIMIT 1"
         )
         return None if not rows else (unkey(rows[0][0]), float(rows[0][1]))
 
