@@ -10,12 +10,15 @@ import contextlib
 import fcntl
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import Final, TextIO
 
 from ocrwatch.errors import JournalError
+
+LOCK_GRACE_S: Final = 0.3
 
 
 class Flags:
@@ -66,21 +69,32 @@ def state_lock(state_dir: Path) -> Iterator[None]:
             f"{state_dir}: cannot use state_dir ({exc.strerror}); create it and let the service user write to it"
         ) from None
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        if not _lock(handle):
             raise JournalError(
                 f"{state_dir}: another `ocrwatch run` is using this state_dir; stop it or set another state_dir"
-            ) from None
-        with contextlib.suppress(
-            OSError
-        ):  # the pid is for people; the lock is what counts
+            )
+        # The pid is for people (`status`); the lock is what counts.
+        with contextlib.suppress(OSError):
             os.ftruncate(handle.fileno(), 0)
             handle.write(f"{os.getpid()}\n")
             handle.flush()
         yield
     finally:
         handle.close()
+
+
+def _lock(handle: TextIO) -> bool:
+    """Take the lock, allowing a moment for a `status` that looks at it right then (it
+    holds it shared for microseconds); False if a daemon holds it."""
+    deadline = time.monotonic() + LOCK_GRACE_S
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
 
 
 def is_running(state_dir: Path) -> int | None:
