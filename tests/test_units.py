@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,58 @@ def test_unit_promises_what_the_daemon_and_the_install_rely_on(unit):
     assert not [line for line in lines if line.startswith("ReadWritePaths=")], (
         "watched folders belong in a drop-in (ReadWritePaths=-...), not in the unit"
     )
+
+
+def directive(unit: str, key: str) -> str:
+    values = [
+        line.partition("=")[2]
+        for line in (REPO / "systemd" / unit).read_text().splitlines()
+        if line.startswith(f"{key}=")
+    ]
+    assert len(values) == 1, f"{unit}: {key}= set {len(values)} times"
+    return values[0]
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_the_service_sees_a_live_submit_of_another_user_as_alive(unit, tmp_path):
+    """Under the unit's ProtectProc= (a proc mount with that hidepid=), the journal running as
+    the service user still takes a claim of root's live `ocrwatch submit` for a live one.
+
+    With `invisible` it does not: the daemon's resume would queue that file again and upload it
+    twice. Needs root, to mount a private /proc and to drop to `nobody` like User= does.
+    """
+    hidepid = directive(unit, "ProtectProc")
+    tools = [shutil.which(tool) for tool in ("unshare", "setpriv")]
+    if os.geteuid() != 0 or None in tools:
+        pytest.skip("needs root with unshare and setpriv (util-linux), as in CI")
+    submit = subprocess.Popen(  # stands in for a root `submit` with a claim in flight
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from ocrwatch.journal import this_process; "
+            "print(this_process(), flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert submit.stdout is not None
+        owner = submit.stdout.readline().strip()
+        check = (
+            f"mount -t proc -o hidepid={hidepid} proc /proc && exec setpriv "
+            '--reuid=nobody --regid=nogroup --clear-groups "$0" -c '
+            "'import sys; from ocrwatch.journal import is_alive; print(is_alive(sys.argv[1]))' "
+            '"$1"'
+        )
+        result = run("unshare", "--mount", "sh", "-c", check, sys.executable, owner)
+    finally:
+        submit.communicate("", timeout=10)
+    if "Permission denied" in result.stderr or "ModuleNotFoundError" in result.stderr:
+        pytest.skip(
+            f"nobody cannot run this checkout's Python: {result.stderr.strip()}"
+        )
+    if result.returncode != 0 and "mount" in result.stderr:
+        pytest.skip(f"no private /proc here: {result.stderr.strip()}")
+
+    assert ("True\n", 0) == (result.stdout, result.returncode), result.stderr
