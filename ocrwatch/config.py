@@ -109,10 +109,14 @@ Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 
 def _against_config_folder(value: Path, info: ValidationInfo) -> Path:
     """A relative path means relative to the config file, not to the working directory,
-    which is `/` under systemd."""
+    which is `/` under systemd.
+
+    `..` is folded away, so that `check` shows the real place and the state_dir-inside-a-folder
+    check compares like with like (`../etc/inbox/state` is inside `inbox`).
+    """
     base = (info.context or {}).get("base")
     if isinstance(base, Path) and not value.is_absolute():
-        return base / value
+        return Path(os.path.normpath(base / value))
     return value
 
 

@@ -56,6 +56,27 @@ class TestRelativePaths:
         assert not any("missing" in line for line in lines)
         assert config.exists()
 
+    def test_dot_dot_is_folded_so_a_state_dir_inside_a_folder_is_caught(self, tmp_path):
+        """`../etc/inbox/state` beside `inbox` is inside the watched folder, and is refused;
+        a relative path that climbs out reads as the place it names."""
+        etc = tmp_path / "etc"
+        inside = write(
+            etc / "inside.yaml",
+            {
+                "api": TRIAL,
+                "state_dir": "../etc/inbox/state",
+                "folders": [{"path": "inbox"}],
+            },
+        )
+        outside = write(
+            etc / "outside.yaml",
+            {"api": TRIAL, "state_dir": "../state", "folders": [{"path": "inbox"}]},
+        )
+
+        with pytest.raises(ConfigError, match=r"is inside folders\[0\]\.path"):
+            load_config(inside, {})
+        assert tmp_path / "state" == load_config(outside, {}).state_dir
+
     def test_secret_file_and_ca_bundle_are_relative_to_the_config(self, tmp_path):
         """api.client_secret_file and api.ca_bundle, when relative, live beside the config."""
         etc = tmp_path / "etc"
