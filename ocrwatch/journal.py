@@ -104,6 +104,8 @@ CLAIM_FILE_SQL: Final = (
     " RETURNING path, root, size, mtime_ns, attempts, profile"
 )
 LOOKUP_BATCH: Final = 500
+# How long a claim by a process that /proc hides from us is believed (see `is_alive`).
+UNVERIFIED_CLAIM_MAX_S: Final = 3600.0
 TEXT_MAX: Final = 500  # a reason longer than this is cut: it is shown, not parsed
 ENTRY_COLUMNS: Final = "path, size, mtime_ns, state, guid, attempts, next_attempt_at, last_error, held, updated_at, sha256"
 
@@ -442,12 +444,16 @@ class Journal:
         mine, keep = this_process(), {_key(p) for p in in_flight}
         with self._file.tx() as db:
             rows = db.execute(
-                "SELECT path, claimed_by FROM files WHERE state='submitting'"
+                "SELECT path, claimed_by, updated_at FROM files WHERE state='submitting'"
             ).fetchall()
             orphans = [
                 path
-                for path, owner in rows
-                if (path not in keep if owner == mine else not is_alive(owner))
+                for path, owner, claimed_at in rows
+                if (
+                    path not in keep
+                    if owner == mine
+                    else not is_alive(owner, claimed_for_s=now - claimed_at)
+                )
             ]
             for path in orphans:
                 db.execute(
@@ -652,8 +658,13 @@ def owner_of(pid: int) -> str:
     return f"{_boot_id()}/{pid}/{_start_time(pid)}"
 
 
-def is_alive(owner: str | None) -> bool:
-    """Is the process that claimed a row still running? Unknown owners count as gone."""
+def is_alive(owner: str | None, *, claimed_for_s: float = 0.0) -> bool:
+    """Is the process that claimed a row still running? Unknown owners count as gone.
+
+    Where /proc hides the owner (another user's process under systemd's ProtectProc=), only
+    its pid can be checked, and a pid can be reused: such a claim is believed for
+    UNVERIFIED_CLAIM_MAX_S, far longer than one file's upload takes, and not for months.
+    """
     try:
         boot, pid, started = (owner or "").split("/")
         now_started = _start_time(int(pid))
@@ -663,13 +674,7 @@ def is_alive(owner: str | None) -> bool:
         return False
     if "?" not in (started, now_started):
         return now_started == started
-    try:  # /proc hidden from us: the pid is all there is to go on
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's live process
-    return True
+    return claimed_for_s < UNVERIFIED_CLAIM_MAX_S
 
 
 @functools.cache
@@ -685,7 +690,14 @@ def _start_time(pid: int) -> str:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:
-        return "gone"
+        # Gone, or hidden (ProtectProc=invisible): only the kernel knows which.
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return "gone"
+        except PermissionError:
+            return "?"  # another user's live process
+        return "?"
     except OSError:
         return "?"
     return stat[stat.rindex(")") + 2 :].split()[19]

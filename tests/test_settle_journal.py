@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -332,6 +333,35 @@ class TestJournal:
             "mine.png": "queued",
             "busy.png": "submitting",
         } == states
+
+    def test_a_claim_whose_owner_proc_hides_is_believed_for_an_hour_only(self, journal):
+        """Under ProtectProc= the daemon cannot read another user's /proc entry, only see
+        that its pid is taken: such a claim holds while an upload could last, then goes
+        back, since the pid may belong to another process by now."""
+        import sys
+
+        from ocrwatch.journal import UNVERIFIED_CLAIM_MAX_S, owner_of
+
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            boot, pid, _ = owner_of(child.pid).split("/")
+            hidden = (
+                f"{boot}/{pid}/?"  # what an owner with an unreadable start looks like
+            )
+            note(journal, Path("/in/a.png"), now=0.0)
+            journal.claim(now=0.0)
+            other = sqlite3.connect(journal.path)
+            other.execute("UPDATE files SET claimed_by=?", (hidden,))
+            other.commit()
+            other.close()
+
+            early = journal.resume(UNVERIFIED_CLAIM_MAX_S - 60)
+            late = journal.resume(UNVERIFIED_CLAIM_MAX_S + 60)
+        finally:
+            child.kill()
+            child.wait()
+
+        assert (0, 1) == (early, late)
 
     def test_processes_opening_a_fresh_journal_at_once_all_succeed(self, tmp_path):
         """`run` and `submit` starting together on a new state_dir: one migrates, the rest wait."""
