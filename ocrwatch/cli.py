@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -27,6 +27,9 @@ from ocrwatch.errors import ApiError, ConfigError, OcrwatchError
 from ocrwatch.journal import Journal
 from ocrwatch.log import configure_logging
 from ocrwatch.profiles import resolve_profile
+
+if TYPE_CHECKING:
+    from ocrwatch.emulator import Emulator, Faults
 
 log = structlog.get_logger()
 
@@ -434,7 +437,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_emulator(args: argparse.Namespace) -> int:
     # Imported here: the test server is not part of what `run` loads.
-    from ocrwatch.emulator import Emulator, Faults
+    from ocrwatch.emulator import Faults
 
     faults = Faults(
         rate_503=args.fail_503,
@@ -449,7 +452,32 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     )
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together; give both or neither")
-    emulator = Emulator(
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{flag}: {path} is not a file; give a PEM file")
+    try:
+        emulator = start_emulator(args, faults)
+    except OSError as exc:
+        raise ConfigError(
+            f"emulator: cannot listen on {args.host}:{args.port} "
+            f"({exc.strerror or exc}); choose another --port, or --port 0 for a free one"
+        ) from None
+    print(emulator.url, flush=True)
+
+    def on_signal(signum: int, frame: object) -> None:
+        # Shutting down from here would deadlock serve_forever; a helper thread does it.
+        threading.Thread(target=emulator.stop, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    emulator.serve_forever()
+    return 0
+
+
+def start_emulator(args: argparse.Namespace, faults: Faults) -> Emulator:
+    from ocrwatch.emulator import Emulator
+
+    return Emulator(
         host=args.host,
         port=args.port,
         client_id=args.client_id,
@@ -466,16 +494,6 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         log_path=args.log,
         tls=None if args.tls_cert is None else (args.tls_cert, args.tls_key),
     )
-    print(emulator.url, flush=True)
-
-    def on_signal(signum: int, frame: object) -> None:
-        # Shutting down from here would deadlock serve_forever; a helper thread does it.
-        threading.Thread(target=emulator.stop, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    emulator.serve_forever()
-    return 0
 
 
 COMMANDS = {

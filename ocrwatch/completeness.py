@@ -38,7 +38,6 @@ TIFF_TYPE_SIZES: Final = {
     12: 8,
 }
 PDF_TAIL: Final = 1024
-PDF_WHITESPACE: Final = b"\x00\t\n\x0c\r "  # PDF 32000-1 §7.2.2
 TIFF_DATA_TAGS: Final = (
     (273, 279),
     (324, 325),
@@ -202,11 +201,12 @@ def tiff_pages(read: Read, size: int) -> int:
 
 
 def _pdf(read: Read, size: int) -> str | None:
+    # Readers accept a %%EOF anywhere in the last KiB (some producers append a few bytes of
+    # junk after it); a PDF still being written has none there yet.
     start = max(0, size - PDF_TAIL)
-    tail = read(start, size - start).rstrip(PDF_WHITESPACE)
-    if tail.endswith(b"%%EOF"):
+    if b"%%EOF" in read(start, size - start):
         return None
-    return f"truncated PDF: no %%EOF at its end after {size} bytes"
+    return f"truncated PDF: no %%EOF in its last {PDF_TAIL} bytes after {size} bytes"
 
 
 def _bmp(read: Read, size: int) -> str | None:

@@ -163,6 +163,12 @@ def _check_url(value: str | None) -> str | None:
         raise ValueError(
             f"`{value}` is not an http(s) URL; use e.g. {DEFAULT_BASE_URL}"
         )
+    if parts.username is not None or parts.password is not None:
+        # It would be printed by `check`, in errors and in the STATUS= line.
+        raise ValueError(
+            "a user or password in the URL is not supported; put the credentials in "
+            "api.client_id and the client secret, and a proxy's in api.proxy"
+        )
     if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise ValueError(
             f"plain http to `{parts.hostname}` would send the token in clear; use https"

@@ -187,18 +187,19 @@ class WatcherSet:
         self._on_rescan = on_rescan  # (root, reason)
         self._watchers: dict[Path, tuple[FolderConfig, FolderWatcher]] = {}
         self.missing: set[Path] = set()
-        # Not a folder when last tried: no observer is expected there until it appears.
-        self._absent: set[Path] = set()
 
     @property
     def expected(self) -> int:
-        """Observers that should run: one per watched folder that exists (was a folder when
-        last tried); one that exists but cannot be watched counts, since it is not watched."""
-        return len(self._watchers.keys() - self._absent)
+        """Observers that should be running: one per watched folder whose observer started
+        and has not failed to start again since. A folder that is missing, or that exists
+        but cannot be watched (the inotify watch limit, no permission), is not counted: a
+        restart would not cure it, so it must not stop the watchdog's pings (it shows in
+        `missing`, `/healthz` and the log instead). Copies: read from other threads."""
+        return len(dict(self._watchers).keys() - set(self.missing))
 
     @property
     def alive(self) -> int:
-        return sum(1 for _, w in list(self._watchers.values()) if w.is_alive())
+        return sum(1 for _, w in list(dict(self._watchers).values()) if w.is_alive())
 
     def get(self, root: Path) -> FolderWatcher | None:
         entry = self._watchers.get(root)
@@ -211,7 +212,6 @@ class WatcherSet:
                 watcher.stop()
                 del self._watchers[root]
                 self.missing.discard(root)
-                self._absent.discard(root)
         for root, folder in folders.items():
             if root not in self._watchers:
                 watcher = self._make(root, folder)
@@ -246,10 +246,6 @@ class WatcherSet:
             watcher.start()
         except OSError as exc:
             exists = watcher.root.is_dir()
-            if exists:
-                self._absent.discard(watcher.root)
-            else:
-                self._absent.add(watcher.root)
             if watcher.root not in self.missing:
                 self.missing.add(watcher.root)
                 log.warning(
@@ -259,7 +255,6 @@ class WatcherSet:
                     retry_every_s=SUPERVISE_EVERY_S,
                 )
             return
-        self._absent.discard(watcher.root)
         if watcher.root in self.missing or not first:
             self.missing.discard(watcher.root)
             log.info("watcher.restarted", path=str(watcher.root))

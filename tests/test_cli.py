@@ -540,3 +540,32 @@ def test_every_subcommand_help_has_a_description_and_the_emulator_its_defaults()
     assert "--config" not in emulator_help
     assert "(default: 8089)" in emulator_help
     assert "(default: emulator)" in emulator_help
+
+
+def test_emulator_mistakes_are_one_sentence_not_a_traceback():
+    """A taken port or a missing TLS file: exit 2 and one line."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = run("emulator", "--port", str(port))
+    no_cert = run(
+        "emulator", "--port", "0", "--tls-cert", "/nonexistent", "--tls-key", "/x"
+    )
+
+    assert (
+        2,
+        [
+            f"ocrwatch: emulator: cannot listen on 127.0.0.1:{port} (Address already in use); "
+            "choose another --port, or --port 0 for a free one"
+        ],
+    ) == (busy.returncode, busy.stderr.splitlines())
+    assert (
+        2,
+        ["ocrwatch: --tls-cert: /nonexistent is not a file; give a PEM file"],
+    ) == (
+        no_cert.returncode,
+        no_cert.stderr.splitlines(),
+    )

@@ -139,11 +139,18 @@ def test_no_pdf_cut_before_its_last_eof_marker_is_complete(data, draw):
     assert check(data[:cut]) is not None
 
 
+def test_a_pdf_with_junk_after_its_eof_marker_is_complete():
+    """Some producers append bytes after %%EOF; readers take it, and so does ocrwatch."""
+    assert check(pdf_bytes() + b"\n<junk appended by a scanner>\n") is None
+
+
 def test_a_truncated_pdf_says_so():
     """The reason for an `.error` after incomplete_timeout names the missing %%EOF."""
     data = pdf_bytes()[:200]
 
-    assert "truncated PDF: no %%EOF at its end after 200 bytes" == check(data)
+    assert "truncated PDF: no %%EOF in its last 1024 bytes after 200 bytes" == check(
+        data
+    )
 
 
 @pytest.mark.parametrize(

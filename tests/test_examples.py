@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ocrwatch.config import load_config
+from ocrwatch.config import DEFAULT_INCLUDE, load_config
 
 from .conftest import cli_env
 
@@ -19,6 +19,8 @@ def test_example_config_is_valid():
 
     assert ["default", "invoices-de"] == list(config.profiles)
     assert [False, True] == [f.polling for f in config.folders]
+    # A folder that spells out `include` must not lose what the defaults take (PDFs).
+    assert all(set(DEFAULT_INCLUDE) <= set(f.include) for f in config.folders)
 
 
 def run_demo(where: Path) -> subprocess.CompletedProcess[str]:

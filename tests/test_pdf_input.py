@@ -120,7 +120,7 @@ def test_a_truncated_pdf_on_disk_is_incomplete(tmp_path):
             os.close(fd)
 
     assert looks[0] is None
-    assert (looks[1] or "").startswith("truncated PDF: no %%EOF at its end")
+    assert (looks[1] or "").startswith("truncated PDF: no %%EOF in its last 1024 bytes")
 
 
 def test_pdf_content_is_recognised_by_its_header():

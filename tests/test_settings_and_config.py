@@ -192,6 +192,13 @@ class TestParseConfig:
                 id="plain-http",
             ),
             pytest.param(
+                {**BASE, "api": {"base_url": "https://u:pw@ocr.example.com"}},
+                "c.yaml: api.base_url: a user or password in the URL is not supported; put "
+                "the credentials in api.client_id and the client secret, and a proxy's in "
+                "api.proxy",
+                id="userinfo-in-url",
+            ),
+            pytest.param(
                 {**BASE, "apii": {}},
                 "c.yaml: apii: unknown key; did you mean `api`?",
                 id="top-level",
