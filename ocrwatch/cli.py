@@ -24,7 +24,7 @@ from ocrwatch.config import (
     load_settings,
 )
 from ocrwatch.errors import ApiError, ConfigError, OcrwatchError
-from ocrwatch.journal import Journal
+from ocrwatch.journal import Journal, journal_exists
 from ocrwatch.log import configure_logging
 from ocrwatch.profiles import resolve_profile
 
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         default=None,
         choices=["debug", "info", "warning", "error"],
-        help="default: info (warning for `submit` on a terminal)",
+        help="default: info",
     )
     logging_opts.add_argument(
         "--log-format",
@@ -82,12 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
         "submit",
         "submit the given files or folders once, then exit",
         "Folders are expanded by their include/exclude rules; a file with a current "
-        "sidecar is skipped. Uses the same journal as `run`. Exit 0 if all were "
+        "sidecar is skipped. Uses the same journal as `run`. On a terminal it shows a "
+        "progress bar and logs warnings only. Exit 0 if all were "
         "submitted, 1 if any failed, 2 for a bad config or usage.",
         parents=[common],
     )
     p.add_argument("--profile", help="profile to use instead of the folder's")
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="an image, or a folder of them (its include/exclude rules apply)",
+    )
     p = command(
         "check",
         "validate the config and show each folder's settings",
@@ -120,13 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "retry",
         "queue failed or rejected files again and remove their .error",
-        "Queues failed or rejected files again, as if new, once the cause is fixed; "
-        "their .error is removed. A running daemon sends them within seconds; otherwise "
+        "Use it once the cause is fixed: each file is queued as if new. A running daemon sends them within seconds; otherwise "
         "the next `ocrwatch run` does. A folder stands for the failed and rejected files "
-        "under it. Exit 0; 2 if neither or both of PATH and --all-failed are given.",
+        "under it. Exit 0; 2 if neither or both of PATH and --all-failed are given; 1 if "
+        "the journal cannot be opened.",
         parents=[common],
     )
-    p.add_argument("paths", nargs="*", type=Path, metavar="PATH")
+    p.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        metavar="PATH",
+        help="a failed or rejected file, or a folder of them",
+    )
     p.add_argument(
         "--all-failed",
         action="store_true",
@@ -417,7 +430,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     from ocrwatch.requeue import retry, targets
 
     config = load_config(config_path(args.config, os.environ))
-    if not config.journal_path.exists():
+    if not journal_exists(config.journal_path):
         print(f"nothing to retry: no journal yet at {config.journal_path}")
         return 0
     journal = Journal(config.journal_path)

@@ -723,7 +723,7 @@ def _find_secret(
             ), []
         except OSError as exc:
             tried.append(f"api.client_secret_file {secret_file}: {_why(exc)}")
-            log.warning(
+            _warn_once(
                 "secret.file_unreadable",
                 path=str(secret_file),
                 error=_why(exc),
@@ -763,10 +763,20 @@ def _read_secret_file(path: Path, what: str) -> SecretStr:
     if not text:
         raise ConfigError(f"{what}: {path} is empty; put the client secret in it")
     if mode & (stat.S_IRGRP | stat.S_IROTH):
-        log.warning(
+        _warn_once(
             "secret.file_permissive",
             path=str(path),
             mode=oct(stat.S_IMODE(mode)),
             fix="chmod 600",
         )
     return SecretStr(text)
+
+
+# What a secret file's warnings have said in this process: each once, not at every reload.
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_once(event: str, *, path: str, **fields: str) -> None:
+    if (event, path) not in _WARNED:
+        _WARNED.add((event, path))
+        log.warning(event, path=path, **fields)

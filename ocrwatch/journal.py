@@ -24,6 +24,7 @@ from typing import Final
 
 import structlog
 
+from ocrwatch.errors import JournalError
 from ocrwatch.journalfile import JournalFile
 from ocrwatch.log import redact_text
 
@@ -141,6 +142,18 @@ class Entry:
     held: bool
     updated_at: float
     sha256: str | None = None  # of the content `guid` was given for
+
+
+def journal_exists(path: Path) -> bool:
+    """Is there a journal at `path`? A state_dir this user may not look into is said in one
+    sentence (`status` and `retry` run by an admin who is not the service user)."""
+    try:
+        return path.exists()
+    except OSError as exc:
+        raise JournalError(
+            f"{path.parent}: cannot look into state_dir ({exc.strerror}); run this as the "
+            "service user, e.g. `sudo -u ocrwatch ocrwatch status`"
+        ) from None
 
 
 class Journal:

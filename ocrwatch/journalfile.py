@@ -189,12 +189,7 @@ class JournalFile:
 
     def _connect(self) -> sqlite3.Connection:
         if self.readonly:
-            db = sqlite3.connect(
-                f"file:{self.path}?mode=ro",
-                uri=True,
-                check_same_thread=False,
-                isolation_level=None,
-            )
+            db = self._connect_readonly()
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(
@@ -220,6 +215,33 @@ class JournalFile:
             db.close()
             raise
         return db
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """A reader that may not write to state_dir (an admin in the service's group) cannot
+        open a WAL journal whose `-shm` is not there (no daemon has it open). Without a
+        `-wal` file the main file is the whole journal, so it is read as immutable then."""
+
+        def connect(flags: str) -> sqlite3.Connection:
+            db = sqlite3.connect(
+                f"file:{self.path}?{flags}",
+                uri=True,
+                check_same_thread=False,
+                isolation_level=None,
+            )
+            try:
+                db.execute("SELECT count(*) FROM sqlite_master")
+            except BaseException:
+                db.close()
+                raise
+            return db
+
+        try:
+            return connect("mode=ro")
+        except sqlite3.OperationalError:
+            wal = self.path.with_name(self.path.name + "-wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                raise
+            return connect("mode=ro&immutable=1")
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         """Bring the schema up to date, in one transaction that reads the version first.

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from ocrwatch.config import Config
 from ocrwatch.errors import OcrwatchError
-from ocrwatch.journal import STATES, Entry, Journal
+from ocrwatch.journal import STATES, Entry, Journal, journal_exists
 from ocrwatch.journalfile import recent_rebuilds
 from ocrwatch.lifecycle import is_running
 from ocrwatch.pause import PAUSE_KEY, Pause
@@ -77,7 +77,7 @@ def empty_report(config: Config, now: float) -> dict[str, Any]:
         "schema": SCHEMA,
         "generated_at": iso(now),
         "journal": str(path),
-        "exists": path.exists(),
+        "exists": False,
         "daemon_running": pid is not None,
         "daemon_pid": pid or None,
         "pause": pause_view(None, pid is not None, now),
@@ -104,6 +104,11 @@ def status_report(
     report = empty_report(config, now)
     if failed:
         report["failed_files"] = []
+    try:
+        report["exists"] = journal_exists(config.journal_path)
+    except OcrwatchError as exc:
+        report["note"] = str(exc)
+        return report
     if not report["exists"]:
         report["note"] = (
             "the daemon is running but its journal file is missing; it writes it again "

@@ -44,7 +44,7 @@ for folder in "$@"; do
 done
 
 if [ -z "$root" ] && ! getent passwd "$user" >/dev/null; then
-    adduser --system --group --home /var/lib/ocrwatch --no-create-home \
+    adduser --system --group --home /nonexistent --no-create-home \
         --shell /usr/sbin/nologin "$user"
 fi
 
@@ -52,9 +52,27 @@ install -d -o root -g "$group" -m 0750 "$root/etc/ocrwatch"
 if [ ! -e "$root/etc/ocrwatch/$config" ]; then
     # An instance's config names its own secret and, so that `status` and `submit` find its
     # journal without systemd's $STATE_DIRECTORY, its own state_dir.
-    sed -e "s|/etc/ocrwatch/secret|/etc/ocrwatch/$secret|" \
+    # ... and watches the folders given here, in place of the example's.
+    OCRWATCH_FOLDERS=$(printf '%s\n' "$@") sed -e "s|/etc/ocrwatch/secret|/etc/ocrwatch/$secret|" \
         -e "s|^# state_dir: /var/lib/ocrwatch |$state_line|" \
-        "$here/../config.example.yaml" >"$root/etc/ocrwatch/$config.tmp"
+        "$here/../config.example.yaml" | OCRWATCH_FOLDERS=$(printf '%s\n' "$@") awk '
+        /^folders:/ {
+            print
+            n = split(ENVIRON["OCRWATCH_FOLDERS"], folders, "\n")
+            for (i = 1; i <= n; i++) {
+                if (folders[i] == "") continue
+                quoted = folders[i]; gsub(/\047/, "\047\047", quoted)
+                print "  - path: \047" quoted "\047"
+                print "    profile: default"
+                print "    polling: false            # true for NFS/SMB shares, where inotify sees nothing"
+                print "    settle_seconds: 2         # a file counts as complete once unchanged this long"
+                print ""
+            }
+            skipping = 1
+            next
+        }
+        skipping && /^[^ #]/ { skipping = 0 }
+        !skipping' >"$root/etc/ocrwatch/$config.tmp"
     chown "root:$group" "$root/etc/ocrwatch/$config.tmp"
     chmod 0640 "$root/etc/ocrwatch/$config.tmp"
     mv "$root/etc/ocrwatch/$config.tmp" "$root/etc/ocrwatch/$config"
@@ -86,15 +104,23 @@ for folder in "$@"; do
         :
     else
         [ "$acl" = no ] || echo "install.sh: $folder: cannot set ACLs (no acl tools, or none on this filesystem); giving it to group $group" >&2
-        chgrp -R "$group" "$path"
-        find "$path" -type d -exec chmod g+rwxs {} +
-        find "$path" -type f -exec chmod g+r {} +
+        # A share may refuse this too (cifs, NFS with root squash): said, and the next
+        # folder still gets its turn; the drop-in line below is written either way.
+        { chgrp -R "$group" "$path" &&
+            find "$path" -type d -exec chmod g+rwxs {} + &&
+            find "$path" -type f -exec chmod g+r {} +; } ||
+            echo "install.sh: $folder: cannot give it to group $group either; give the service user write access to it yourself (e.g. the share's mount options)" >&2
     fi
-    grep -qxF "ReadWritePaths=-$folder" "$dropin/folders.conf" ||
-        printf 'ReadWritePaths=-%s\n' "$folder" >>"$dropin/folders.conf"
+    # Quoted for systemd: spaces, quotes and backslashes kept, `%` not read as a specifier.
+    line=$(printf '%s' "-$folder" | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/%/%%/g')
+    line="ReadWritePaths=\"$line\""
+    grep -qxF "$line" "$dropin/folders.conf" || printf '%s\n' "$line" >>"$dropin/folders.conf"
 done
 
-[ -n "$root" ] || systemctl daemon-reload
+if [ -z "$root" ]; then
+    systemctl daemon-reload ||
+        echo "install.sh: systemd did not reload its units; run: sudo systemctl daemon-reload" >&2
+fi
 cat <<EOF
 Installed $unit. Next:
   1. sudoedit /etc/ocrwatch/$config    # set api.client_id and the folders: $*

@@ -234,6 +234,10 @@ class TestSecretFallThrough:
             _, credentials = load_settings(
                 self.config(tmp_path, unreadable), {"CREDENTIALS_DIRECTORY": str(creds)}
             )
+            # A reload (SIGHUP) reads it again: said once per process, not at every reload.
+            load_settings(
+                self.config(tmp_path, unreadable), {"CREDENTIALS_DIRECTORY": str(creds)}
+            )
 
         assert credentials is not None
         assert SECRET == credentials.client_secret.get_secret_value()

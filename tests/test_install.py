@@ -12,6 +12,7 @@ import grp
 import hashlib
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import stat
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from ocrwatch.config import load_config
 from ocrwatch.emulator import Emulator
 
 from .conftest import CLIENT_ID, SECRET, cli_env, wait_until
@@ -32,7 +34,8 @@ from .images import write_png
 
 REPO = Path(__file__).resolve().parent.parent
 USER, GROUP = "nobody", "nogroup"
-FOLDERS = ["/srv/scans/inbox", "/srv/scans/invoices"]
+# The second has a space and a `%`, which the drop-in must quote and escape for systemd.
+FOLDERS = ["/srv/scans/inbox", "/srv/scans/Invoices 100%"]
 
 # systemd's MemoryDenyWriteExecute=, as the kernel offers it (PR_SET_MDWE, Linux 6.3+): set
 # before ocrwatch or any of its libraries is imported, and the daemon says whether it is on.
@@ -158,7 +161,7 @@ def edit_config(installed: Installed, url: str) -> None:
             "client_secret_file: /etc/ocrwatch/",
             f"client_secret_file: {installed.root}/etc/ocrwatch/",
         ),
-        ("path: /srv/scans/", f"path: {installed.root}/srv/scans/"),
+        ("path: '/srv/scans/", f"path: '{installed.root}/srv/scans/"),
         ("settle_seconds: 2 ", "settle_seconds: 0.2 "),
     ):
         assert old in text, f"config.example.yaml no longer has {old!r}"
@@ -180,10 +183,26 @@ def test_install_gives_the_documented_owners_and_modes(installed):
         owner_mode(installed.config),
         owner_mode(installed.secret),
     ]
+    dropin = root / "etc/systemd/system/ocrwatch.service.d/folders.conf"
     assert (
-        "[Service]\n" + "".join(f"ReadWritePaths=-{f}\n" for f in FOLDERS)
-        == (root / "etc/systemd/system/ocrwatch.service.d/folders.conf").read_text()
-    )
+        '[Service]\nReadWritePaths="-/srv/scans/inbox"\n'
+        'ReadWritePaths="-/srv/scans/Invoices 100%%"\n'
+    ) == dropin.read_text()
+    # The config watches exactly the folders given to install.sh.
+    assert [f"{root}{f}" for f in FOLDERS] == [
+        str(f.path) for f in load_config(installed.config).folders
+    ]
+    if shutil.which("systemd-analyze"):  # does systemd read the drop-in as meant?
+        unit = root / "check.service"
+        unit.write_text("[Service]\nExecStart=/bin/true\n" + dropin.read_text()[10:])
+        verify = subprocess.run(
+            ["systemd-analyze", "verify", str(unit)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert (0, "") == (verify.returncode, verify.stderr)
     assert (
         f"ExecStart={sys.executable} -m ocrwatch run -c /etc/ocrwatch/config.yaml"
         in (root / "etc/systemd/system/ocrwatch.service").read_text().splitlines()
@@ -201,8 +220,9 @@ def test_the_service_user_may_write_the_folders_and_read_the_scans(installed):
     if installed.access == "group":
         (inbox / "later").chmod(0o2775)
     write_png(inbox / "later/scan.png").chmod(0o640)
+    second = shlex.quote(f"{installed.root}{FOLDERS[1]}/x.guid")
     probe = (
-        f"touch {inbox}/x.guid {inbox}/later/x.guid {installed.root}/srv/scans/invoices/x.guid"
+        f"touch {inbox}/x.guid {inbox}/later/x.guid {second}"
         f" && cat {inbox}/scan-0000.png {inbox}/later/scan.png >/dev/null"
     )
 

@@ -544,3 +544,71 @@ class TestPrune:
 
         assert [str(inbox / "young.png")] == list(left)
         assert report["last_pruned"] is not None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run commands as nobody")
+def test_status_for_a_reader_who_may_not_write_the_state_dir(tmp_path):
+    """An admin in the service's group reads the journal of a stopped daemon (no -wal or
+    -shm files, which it could not create): the real counts, not zeros. One who may not
+    enter state_dir at all gets one sentence from `status` (exit 0) and `retry` (exit 1)."""
+    import shutil
+    import tempfile
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed")
+    base = Path(tempfile.mkdtemp(prefix="ocrwatch-reader-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        inbox, state = base / "inbox", base / "state"
+        inbox.mkdir()
+        config = write_config(
+            base / "config.yaml", "http://127.0.0.1:9", [{"path": str(inbox)}]
+        )
+        journal = Journal(state / "journal.sqlite3")
+        journal.note_many([Job(inbox / f"{i}.png", inbox, 1, 1) for i in range(3)], 1.0)
+        journal.close()  # a clean stop: the -wal and -shm files are gone
+        assert not (state / "journal.sqlite3-wal").exists()
+        state.chmod(0o755)
+        (state / "journal.sqlite3").chmod(0o644)
+
+        def as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [
+                    "setpriv",
+                    "--reuid=nobody",
+                    "--regid=nogroup",
+                    "--clear-groups",
+                    "--",
+                    *OCRWATCH,
+                    *args,
+                    "-c",
+                    str(config),
+                ],
+                capture_output=True,
+                text=True,
+                env=cli_env(),
+                check=False,
+                timeout=60,
+            )
+
+        readable = as_nobody("status", "--json")
+        state.chmod(0o700)
+        shut_out = as_nobody("status")
+        retry = as_nobody("retry", "--all-failed")
+    finally:
+        shutil.rmtree(base)
+
+    assert 0 == readable.returncode, readable.stderr
+    report = json.loads(readable.stdout)
+    assert (None, 3) == (report["note"], report["counts"]["queued"])
+    sentence = (
+        f"{state}: cannot look into state_dir (Permission denied); run this as the "
+        "service user, e.g. `sudo -u ocrwatch ocrwatch status`"
+    )
+    assert 0 == shut_out.returncode
+    assert sentence in shut_out.stdout
+    assert "Traceback" not in shut_out.stderr + retry.stderr
+    assert (1, [f"ocrwatch: {sentence}"]) == (
+        retry.returncode,
+        retry.stderr.splitlines(),
+    )
