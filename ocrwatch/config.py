@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import math
 import os
 import stat
 import typing
@@ -565,6 +566,13 @@ def parse_config(
         config = config.model_copy(update={"profiles": profiles})
     _check_profile_references(config, source)
     _check_state_dir(config, source)
+    if config.dedupe_window > config.keep_days * 86400:
+        raise ConfigError(
+            f"{source}: keep_days: {config.keep_days:g} days is shorter than dedupe_window "
+            f"({config.dedupe_window / 86400:g} days): the prune would forget content the "
+            f"dedupe still looks up; set keep_days to at least "
+            f"{math.ceil(config.dedupe_window / 86400)}"
+        )
     return config
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -168,7 +169,20 @@ class Daemon:
             make_app(self.metrics, lambda: health_problems(self.health()))
         )
         self.notices = ServiceNotices(Notifier.from_env(env))
-        self.pruner = Pruner(journal, lambda: self.config.keep_days)
+        self.pruner = Pruner(
+            journal,
+            lambda: self.config.keep_days,
+            roots=lambda: list(self.loop.runtime.folders),
+        )
+        # The prune's lstats run in a thread of their own: a hung share must not hold up
+        # the main loop (and so the watchdog's pings).
+        self._pruning = threading.Event()
+        self._prune_thread = threading.Thread(
+            target=self.pruner.serve,
+            args=(self._pruning, self.clock),
+            name="journal-prune",
+            daemon=True,
+        )
         self._started = False
         self._rebuilds_seen = journal.rebuilds
         self._journal_trouble: str | None = None
@@ -286,6 +300,7 @@ class Daemon:
         folders = self.loop.runtime.folders
         self.watchers.apply(folders)
         self.loop.start()
+        self._prune_thread.start()
         for root in folders:
             self.catchup.request(root, "startup")
         self._started = True
@@ -327,7 +342,6 @@ class Daemon:
             self.catchup.start_if_due(folders, list(folders))
             self._drain(timeout=self._tick_timeout())
             self.intake.settle_due(self.clock())
-            self.pruner.step(self.clock())  # a batch a tick while a daily prune runs
 
     def _check_journal(self) -> None:
         """A journal deleted under us is written again; after any rebuild (damage found, or
@@ -444,6 +458,7 @@ class Daemon:
             in_flight=self.loop.in_flight,
             pending_settle=len(self.intake),
         )
+        self._pruning.set()
         self.catchup.stop()
         self.watchers.stop()
         finished = self.loop.stop(self.config.shutdown_timeout)

@@ -2,16 +2,20 @@
 
 A folder that sees 10,000 scans a day would otherwise grow the journal by millions of rows a
 year. Only finished rows (submitted, rejected) older than `keep_days` whose file no longer
-exists go: a row of a file that is still there keeps it from being sent again. The walk goes
-in batches, one step per call from the daemon's main loop, so that the journal's lock is
-never held for long and a signal is never kept waiting.
+exists go: a row of a file that is still there keeps it from being sent again. A watched
+folder that is missing or empty when a walk starts (a share not mounted yet: its mount point
+is an empty folder) keeps all its rows, since "not there" means nothing there. The walk goes
+in batches in a thread of its own, so that the journal's lock is never held for long and a
+share that hangs an lstat never holds up the daemon's main loop.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Final
 
 import structlog
@@ -23,6 +27,7 @@ log = structlog.get_logger()
 
 PRUNE_EVERY_S: Final = 86400.0
 RETRY_S: Final = 3600.0
+IDLE_S: Final = 600.0  # how often a thread with no walk due looks again
 BATCH: Final = 500
 LAST_PRUNE_KEY: Final = "journal.pruned_at"
 
@@ -52,10 +57,13 @@ class Pruner:
         keep_days: Callable[[], float],
         *,
         exists: Callable[[str], bool] = lambda path: not is_gone(path),
+        roots: Callable[[], Iterable[Path]] = tuple,
     ) -> None:
         self._journal = journal
         self._keep_days = keep_days
         self._exists = exists
+        self._roots = roots  # the watched folders now
+        self._unsure: tuple[str, ...] = ()  # prefixes of folders that keep their rows
         self._cursor: tuple[float, int] | None = None  # None: no walk in progress
         self._cutoff = 0.0
         self._removed = 0
@@ -81,8 +89,16 @@ class Pruner:
                 return False
             self._cursor, self._removed = (-math.inf, 0), 0
             self._cutoff = now - self._keep_days() * 86400.0
+            self._unsure = tuple(
+                f"{root}{os.sep}" for root in self._roots() if not has_entries(root)
+            )
         keys = self._journal.finished_before(self._cutoff, self._cursor, BATCH)
-        gone = [k for _, _, k in keys if not self._exists(unkey(k))]
+        gone = [
+            k
+            for _, _, k in keys
+            if not (path := unkey(k)).startswith(self._unsure)
+            and not self._exists(path)
+        ]
         if gone:
             self._removed += self._journal.forget_finished(gone, self._cutoff)
         if len(keys) == BATCH:
@@ -93,12 +109,27 @@ class Pruner:
         log.info("journal.pruned", rows=self._removed, keep_days=self._keep_days())
         return False
 
+    def serve(self, stopping: threading.Event, clock: Callable[[], float]) -> None:
+        """The thread's loop: a walk when due, batch after batch; until `stopping`."""
+        while not stopping.is_set():
+            if not self.step(clock()):
+                stopping.wait(IDLE_S)
+
     def run(self, now: float) -> int:
         """A whole walk at once (benchmarks, tests): the rows removed."""
         self._last = -math.inf
         while self.step(now):
             pass
         return self._removed
+
+
+def has_entries(folder: Path) -> bool:
+    """A watched folder with something in it: mounted, if it is a share."""
+    try:
+        with os.scandir(folder) as entries:
+            return next(entries, None) is not None
+    except OSError:
+        return False
 
 
 def _last_prune(journal: Journal) -> float | None:

@@ -199,6 +199,12 @@ class TestParseConfig:
                 id="userinfo-in-url",
             ),
             pytest.param(
+                {**BASE, "keep_days": 1, "dedupe_window": "7d"},
+                "c.yaml: keep_days: 1 days is shorter than dedupe_window (7 days): the prune "
+                "would forget content the dedupe still looks up; set keep_days to at least 7",
+                id="keep-shorter-than-dedupe",
+            ),
+            pytest.param(
                 {**BASE, "apii": {}},
                 "c.yaml: apii: unknown key; did you mean `api`?",
                 id="top-level",

@@ -495,6 +495,30 @@ class TestPrune:
             "log_level": "info",
         } in logs
 
+    def test_prune_keeps_the_rows_of_a_watched_folder_that_is_empty_or_missing(
+        self, tmp_path
+    ):
+        """A share not mounted yet is an empty mount point (or no folder): its files are
+        not gone, only out of sight, and keep their rows; a folder with files in it does not."""
+        journal = Journal(tmp_path / "journal.sqlite3")
+        now, old = 1_000 * DAY, 1_000 * DAY - 100 * DAY
+        mounted, unmounted, absent = (tmp_path / n for n in ("nas", "usb", "gone"))
+        mounted.mkdir()
+        unmounted.mkdir()
+        (mounted / "other.png").write_bytes(b"x")
+        for root in (mounted, unmounted, absent):
+            submit(journal, root / "a.png", old)
+
+        removed = Pruner(
+            journal, lambda: 90, roots=lambda: [mounted, unmounted, absent]
+        ).run(now)
+        left = sorted(
+            journal.lookup([r / "a.png" for r in (mounted, unmounted, absent)])
+        )
+        journal.close()
+
+        assert (1, [str(absent / "a.png"), str(unmounted / "a.png")]) == (removed, left)
+
     def test_prune_walks_in_batches_and_runs_once_a_day(self, tmp_path):
         """More rows than a batch all go, one batch per step; then nothing until a day later."""
         journal = Journal(tmp_path / "journal.sqlite3")
@@ -530,6 +554,9 @@ class TestPrune:
     def test_the_running_daemon_prunes(self, tmp_path, inbox, emulator):
         """At its start (no prune yet), the daemon removes an old row of a file that is gone."""
         config = config_for(tmp_path, emulator.url, inbox, keep_days=30)
+        (inbox / "notes.txt").write_text(
+            "the folder is there: not an empty mount point"
+        )
         journal = open_journal(config)
         submit(journal, inbox / "gone.png", time.time() - 31 * DAY)
         submit(journal, inbox / "young.png", time.time() - 29 * DAY)
