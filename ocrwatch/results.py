@@ -151,7 +151,11 @@ def write_results(
     for decision in plan(original, entries, state):
         while isinstance(decision, Planned):
             if write_atomic(
-                decision.path, decision.data, replace=decision.replace, staging=staging
+                decision.path,
+                decision.data,
+                replace=decision.replace,
+                staging=staging,
+                like=original,
             ):
                 files.append(decision.path)
                 break

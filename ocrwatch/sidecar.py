@@ -84,7 +84,7 @@ def write_sidecar(
     target = sidecar_path(original, kind)
     # A file name that is not UTF-8 may be quoted in the text: its odd bytes are escaped.
     data = (" ".join(text.split()) + "\n").encode("utf-8", "backslashreplace")
-    write_atomic(target, data, staging=staging)
+    write_atomic(target, data, staging=staging, like=original)
     other = Kind.ERROR if kind is Kind.GUID else Kind.GUID
     # Best effort: this sidecar is written, and a stale one that cannot be removed (a name one
     # byte too long for `.error`, say) must not turn that into a failure.
@@ -94,23 +94,34 @@ def write_sidecar(
 
 
 def write_atomic(
-    target: Path, data: bytes, *, replace: bool = True, staging: Path | None = None
+    target: Path,
+    data: bytes,
+    *,
+    replace: bool = True,
+    staging: Path | None = None,
+    like: Path | None = None,
 ) -> bool:
     """Put `data` in place as `target` in one step; the one writer of files next to originals.
 
     `replace=False` never replaces a file that exists: False if one took the name meanwhile
     (a user's file appearing between the decision and the write), True once written.
+    `like`: the original, whose readers may read this file too, whatever the service's
+    umask (0027 under the unit): its read bits for group and others are copied.
     Raises SidecarError if the folder or the disk refuses it.
     """
+    try:
+        mode = None if like is None else readable_like(os.stat(like).st_mode)
+    except OSError:
+        mode = None
     try:
         dir_fd = os.open(target.parent, os.O_RDONLY)
     except OSError as exc:
         raise SidecarError(f"cannot write {target}: {exc.strerror}") from None
     try:
-        if not _write_anonymous(dir_fd, target, data, staging):
+        if not _write_anonymous(dir_fd, target, data, staging, mode):
             if not replace and os.path.lexists(target):
                 return False
-            if not _write_named(target, data, replace=replace):
+            if not _write_named(target, data, replace=replace, mode=mode):
                 return False
         _fsync_dir(dir_fd)
     except OSError as exc:
@@ -165,8 +176,13 @@ def read_guid(original: Path) -> str | None:
     return text.lower() if GUID_RE.fullmatch(text) else None
 
 
+def readable_like(original_mode: int) -> int:
+    """rw for the service, and read for whoever may read the original."""
+    return 0o600 | (original_mode & 0o044)
+
+
 def _write_anonymous(
-    dir_fd: int, target: Path, data: bytes, staging: Path | None
+    dir_fd: int, target: Path, data: bytes, staging: Path | None, mode: int | None
 ) -> bool:
     """Write an unnamed temporary file (O_TMPFILE), fsync it, then link it in as `target`.
 
@@ -187,6 +203,8 @@ def _write_anonymous(
         except OSError:
             continue
         try:
+            if mode is not None:
+                os.fchmod(fd, mode)
             _write_all(fd, data)
             os.fsync(fd)
             # With dst_dir_fd, CPython calls linkat(AT_SYMLINK_FOLLOW), which links the open
@@ -231,7 +249,9 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _write_named(target: Path, data: bytes, *, replace: bool = True) -> bool:
+def _write_named(
+    target: Path, data: bytes, *, replace: bool = True, mode: int | None = None
+) -> bool:
     """A named temporary file in the same folder, fsync, then rename over the target.
 
     Without `replace`, it is hard-linked in instead, which fails rather than replace a file
@@ -242,6 +262,8 @@ def _write_named(target: Path, data: bytes, *, replace: bool = True) -> bool:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         try:
+            if mode is not None:
+                os.fchmod(fd, mode)
             _write_all(fd, data)
             os.fsync(fd)
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -18,8 +19,10 @@ from ocrwatch.errors import SidecarError
 from ocrwatch.selection import is_candidate
 from ocrwatch.sidecar import (
     Kind,
+    _write_named,
     has_current_sidecar,
     is_sidecar_name,
+    readable_like,
     sidecar_path,
     write_sidecar,
 )
@@ -174,3 +177,29 @@ def test_sidecar_names_stay_in_the_folder_and_lead_back_to_the_file(name):
         path = sidecar_path(original, kind)
         assert original.parent == path.parent
         assert name == path.name.removesuffix(kind.value)
+
+
+@pytest.mark.parametrize(
+    ("original_mode", "expected"),
+    [(0o644, 0o644), (0o640, 0o640), (0o600, 0o600), (0o604, 0o604)],
+)
+def test_a_sidecar_is_as_readable_as_its_original(tmp_path, original_mode, expected):
+    """Under the unit's UMask=0027 a sidecar would be the service's alone; whoever may read
+    the scan may read its `.guid` too (and never more), whichever way it is written."""
+    original = tmp_path / "scan.png"
+    original.write_bytes(b"x")
+    original.chmod(original_mode)
+    named = tmp_path / "named.guid"  # the way shares without O_TMPFILE get it
+    old_umask = os.umask(0o027)
+    try:
+        path = write_sidecar(
+            original, Kind.GUID, "c4b60313-4f78-45f8-b708-069eb98dc22e"
+        )
+        _write_named(named, b"x\n", mode=readable_like(original_mode))
+    finally:
+        os.umask(old_umask)
+
+    assert (expected, expected) == (
+        stat.S_IMODE(path.stat().st_mode),
+        stat.S_IMODE(named.stat().st_mode),
+    )
