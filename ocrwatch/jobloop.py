@@ -63,6 +63,8 @@ TWIN_POLL_S: Final = 0.1
 # first ten minutes, then twice as long each time up to an hour, until an answer makes sense.
 PROTOCOL_PAUSE_S: Final = 600.0
 PROTOCOL_PAUSE_MAX_S: Final = 3600.0
+# A pause noted this soon after the last one for the same reason ended continues it.
+NOTE_CONTINUES_S: Final = 120.0
 # Hashing a file slower than this (a share in trouble) counts as no progress.
 HASH_MIN_BYTES_PER_S: Final = 1 << 20
 
@@ -103,6 +105,8 @@ class JobLoop:
         # Until when the pause noted in the journal (for `status`) lasts; 0: none noted;
         # inf: unknown (a killed daemon may have left one), so that start() removes it.
         self._noted_until = math.inf
+        self._note_lock = threading.Lock()
+        self._last_note: Pause | None = None  # the latest pause noted, for its `since`
         # The last pause for senseless answers; 0 once an answer made sense.
         self._protocol_pause_s = 0.0
         self._journal_down = False
@@ -207,7 +211,7 @@ class JobLoop:
         if now < self._paused_until:
             return None
         if 0 < self._noted_until <= now:
-            self._note_pause(None)
+            self._note_pause(None, ended_by=now)
         with self._claim_lock:
             job = self._journal.claim(now, on_claimed=self._begin)
         self._journal_is_back()  # a claim went through, whether or not one was due
@@ -573,16 +577,40 @@ class JobLoop:
         now = self._clock()
         return now, now + wait
 
-    def _note_pause(self, pause: Pause | None) -> None:
+    def _note_pause(
+        self, pause: Pause | None, *, ended_by: float | None = None
+    ) -> None:
         """Tell `status` why uploads wait, or that they no longer do. Only the daemon's loop
         notes (a `submit` is over before anyone asks), and only a note is lost if the
-        journal cannot take it."""
-        if self._one_shot or (pause is None and self._noted_until == 0):
+        journal cannot take it.
+
+        Workers note from their own threads: one at a time, under a lock, and a clearing
+        (`ended_by`: the time the caller saw the note run out) gives way to a newer note. A
+        pause that follows one for the same reason at once (refused again a minute later)
+        keeps the first one's `since`: status says since when the trouble lasts.
+        """
+        if self._one_shot:
             return
-        self._noted_until = 0.0 if pause is None else pause.until
-        try:
-            self._journal.put_meta(
-                PAUSE_KEY, None if pause is None else pause.encode(), self._clock()
-            )
-        except JournalError as exc:
-            log.warning("uploads.pause_not_noted", error=str(exc))
+        with self._note_lock:
+            if pause is None and (
+                self._noted_until == 0
+                or (ended_by is not None and self._noted_until > ended_by)
+            ):
+                return
+            last = self._last_note
+            if (
+                pause is not None
+                and last is not None
+                and last.why is pause.why
+                and pause.since - last.until <= NOTE_CONTINUES_S
+            ):
+                pause = Pause(pause.why, pause.error, last.since, pause.until)
+            if pause is not None or ended_by is None:  # a start or reload starts afresh
+                self._last_note = pause
+            self._noted_until = 0.0 if pause is None else pause.until
+            try:
+                self._journal.put_meta(
+                    PAUSE_KEY, None if pause is None else pause.encode(), self._clock()
+                )
+            except JournalError as exc:
+                log.warning("uploads.pause_not_noted", error=str(exc))

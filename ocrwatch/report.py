@@ -245,8 +245,10 @@ def _pause_line(pause: dict[str, Any], running: bool, now: float) -> str:
     }
     if pause["active"]:
         until = dt.datetime.fromisoformat(pause["until"]).timestamp()
+        # A rate limit slows uploads (each waits for a token); the others stop them all.
+        state = "SLOWED" if pause["reason"] == "rate_limited" else "PAUSED"
         return (
-            f"uploads: PAUSED, {why.get(pause['reason'], pause['reason'])}, since "
+            f"uploads: {state}, {why.get(pause['reason'], pause['reason'])}, since "
             f"{pause['since']}, until {pause['until']} (in {ago(until - now)}): "
             f"{pause['error']}"
         )

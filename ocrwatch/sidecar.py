@@ -110,7 +110,7 @@ def write_atomic(
     Raises SidecarError if the folder or the disk refuses it.
     """
     try:
-        mode = None if like is None else readable_like(os.stat(like).st_mode)
+        mode = None if like is None else readable_like(like.stat().st_mode)
     except OSError:
         mode = None
     try:

@@ -276,6 +276,29 @@ class TestPause:
 
         assert (False, None) == (report["pause"]["active"], report["pause"]["reason"])
 
+    def test_a_refusal_that_goes_on_keeps_its_since(self, tmp_path, emulator):
+        """Refused again when the minute's pause ends: status says since when it lasts,
+        not since the last try; a reload starts afresh."""
+        clock = Clock(time.time())
+        (tmp_path / "in").mkdir()
+        journal = Journal(tmp_path / "state" / "journal.sqlite3")
+        loop = JobLoop(journal, make_runtime(tmp_path, emulator.url), clock=clock)
+        emulator.set_credentials(CLIENT_ID, "another-secret")
+        queue(journal, write_png(tmp_path / "in" / "a.png", 1), now=clock.now)
+        first_at = clock.now
+
+        loop.step()
+        first = Pause.decode(journal.meta().get(PAUSE_KEY))
+        clock.now = first.until + 1 if first else clock.now
+        loop.step()  # the pause ran out: cleared, then refused again
+        second = Pause.decode(journal.meta().get(PAUSE_KEY))
+        journal.close()
+
+        assert first is not None
+        assert second is not None
+        assert (first_at, first_at) == (first.since, second.since)
+        assert second.until > first.until
+
     def test_the_token_endpoints_rate_limit_is_noted(self, tmp_path, emulator):
         """A 429 from the token endpoint that outlasts the retries is noted as a pause."""
         clock = Clock(time.time())
