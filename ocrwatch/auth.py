@@ -25,7 +25,8 @@ from ocrwatch.retry import parse_retry_after
 from ocrwatch.transport import Answer, call
 
 REFRESH_MARGIN_S: Final = 60.0
-LOCKOUT_S: Final = 600.0  # how long the token endpoint locks out refused credentials
+LOCKOUT_S: Final = 600.0
+WAIT_SLICE_S: Final = 1.0  # how long the token endpoint locks out refused credentials
 
 
 class TokenCache:
@@ -54,49 +55,60 @@ class TokenCache:
         self._refused_until = 0.0
         self._limited_until = 0.0  # the endpoint's Retry-After, for every caller
 
-    def get(self) -> str:
-        with self._lock:
-            now = self._clock()
-            if self._refusal is not None and now < self._refused_until:
-                raise AuthError(self._refusal, retry_after_s=self._refused_until - now)
-            if self._token is not None and now < self._refresh_at:
-                return self._token
-            if now < self._limited_until:
-                raise TokenRateLimitError(
-                    "the token endpoint is rate-limiting (HTTP 429)",
-                    status=429,
-                    retry_after_s=self._limited_until - now,
-                )
-            try:
-                token, lifetime_s = self._counted_fetch()
-            except TokenRateLimitError as exc:
-                if self._refusal is None:
-                    # Retry-After counts from the answer, not from the question.
-                    wait = min(exc.retry_after_s or 1.0, self._max_wait_s)
-                    self._limited_until = self._clock() + wait
-                    raise
-                lockout = AuthError(
-                    f"{self._refusal}; the token endpoint now locks these credentials out "
-                    "(HTTP 429): fix them, then wait",
-                    status=429,
-                    retry_after_s=exc.retry_after_s or LOCKOUT_S,
-                )
-                self._refused_until = now + (lockout.retry_after_s or LOCKOUT_S)
-                raise lockout from None
-            except AuthError as exc:
-                self._refusal = str(exc)
-                wait = (
-                    exc.retry_after_s
-                    if exc.retry_after_s is not None
-                    else self._auth_retry_s
-                )
-                self._refused_until = now + wait
+    def get(self, on_wait: Callable[[], None] | None = None) -> str:
+        """The token; `on_wait` is called every WAIT_SLICE_S while another caller fetches
+        one (a worker waiting its turn is alive, not wedged: the watchdog hears of it)."""
+        while not self._lock.acquire(timeout=WAIT_SLICE_S):
+            if on_wait is not None:
+                on_wait()
+        try:
+            return self._get()
+        finally:
+            self._lock.release()
+
+    def _get(self) -> str:
+        """`get` with the lock held."""
+        now = self._clock()
+        if self._refusal is not None and now < self._refused_until:
+            raise AuthError(self._refusal, retry_after_s=self._refused_until - now)
+        if self._token is not None and now < self._refresh_at:
+            return self._token
+        if now < self._limited_until:
+            raise TokenRateLimitError(
+                "the token endpoint is rate-limiting (HTTP 429)",
+                status=429,
+                retry_after_s=self._limited_until - now,
+            )
+        try:
+            token, lifetime_s = self._counted_fetch()
+        except TokenRateLimitError as exc:
+            if self._refusal is None:
+                # Retry-After counts from the answer, not from the question.
+                wait = min(exc.retry_after_s or 1.0, self._max_wait_s)
+                self._limited_until = self._clock() + wait
                 raise
-            self._refusal = None
-            self._token = token
-            # A short-lived token (tests use 1 s) still gets half its life before a refresh.
-            self._refresh_at = now + lifetime_s - min(self._margin_s, lifetime_s / 2)
-            return token
+            lockout = AuthError(
+                f"{self._refusal}; the token endpoint now locks these credentials out "
+                "(HTTP 429): fix them, then wait",
+                status=429,
+                retry_after_s=exc.retry_after_s or LOCKOUT_S,
+            )
+            self._refused_until = now + (lockout.retry_after_s or LOCKOUT_S)
+            raise lockout from None
+        except AuthError as exc:
+            self._refusal = str(exc)
+            wait = (
+                exc.retry_after_s
+                if exc.retry_after_s is not None
+                else self._auth_retry_s
+            )
+            self._refused_until = now + wait
+            raise
+        self._refusal = None
+        self._token = token
+        # A short-lived token (tests use 1 s) still gets half its life before a refresh.
+        self._refresh_at = now + lifetime_s - min(self._margin_s, lifetime_s / 2)
+        return token
 
     def _counted_fetch(self) -> tuple[str, float]:
         try:

@@ -248,8 +248,8 @@ class OcrClient:
         if metrics is not None:
             self._policy = dataclasses.replace(self._policy, on_retry=metrics.retried)
         self._local = threading.local()
-        # A worker waiting for the token may queue behind every other worker's fetch.
-        self._token_wait_s = (api.concurrency - 1) * call_bound_s(*self._timeout)
+        # One token fetch; a worker waiting for another's fetch beats every second.
+        self._call_bound_s = call_bound_s(*self._timeout)
         self.trial = api.trial or credentials is None
         endpoint = "RecognizeImageTrial" if self.trial else "RecognizeImage"
         self._url = f"{api.base_url}/v5.0/ocr/{endpoint}"
@@ -370,14 +370,18 @@ class OcrClient:
         (as the Java SDK does it).
         """
         beat = progress or _no_progress
-        beat("getting a token", self._token_wait_s)
-        token = self.tokens.get() if self.tokens else None
+
+        def waiting() -> None:  # another worker is fetching the token: we wait our turn
+            beat("waiting for a token another worker fetches", self._call_bound_s)
+
+        beat("getting a token", self._call_bound_s)
+        token = self.tokens.get(waiting) if self.tokens else None
         beat(f"calling {urlsplit(url).netloc}", 0.0)
         answer = self._send(method, url, token, body, max_bytes)
         if answer.status in AUTH_STATUSES and self.tokens and token:
             self.tokens.invalidate(token)
-            beat("getting a fresh token", self._token_wait_s)
-            fresh = self.tokens.get()
+            beat("getting a fresh token", self._call_bound_s)
+            fresh = self.tokens.get(waiting)
             beat(f"calling {urlsplit(url).netloc} again", 0.0)
             answer = self._send(method, url, fresh, body, max_bytes)
         return answer

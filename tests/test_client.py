@@ -165,6 +165,36 @@ class TestTokens:
         assert ("t1", "t1", "t2") == (first, still_first, second)
         assert [0.0, 3540.0] == fetched
 
+    def test_a_caller_waiting_for_another_callers_fetch_hears_every_second(self):
+        """While one worker fetches the token (a slow endpoint), the others wait their turn
+        and say so every WAIT_SLICE_S: the watchdog sees them alive, not wedged."""
+        import threading
+
+        from ocrwatch.auth import WAIT_SLICE_S
+
+        release = threading.Event()
+        fetching = threading.Event()
+
+        def fetch():
+            fetching.set()
+            release.wait(10)
+            return "t1", 3600.0
+
+        tokens = TokenCache(fetch)
+        first = threading.Thread(target=tokens.get)
+        first.start()
+        assert fetching.wait(5)
+        waits: list[float] = []
+        timer = threading.Timer(2.5 * WAIT_SLICE_S, release.set)
+        timer.start()
+
+        token = tokens.get(on_wait=lambda: waits.append(time.monotonic()))
+        first.join(5)
+        timer.cancel()
+
+        assert "t1" == token
+        assert 2 <= len(waits) <= 3
+
     def test_token_cache_remembers_refusal_until_retry_after(self):
         """After a refusal, no new fetch happens until the refusal's wait is over."""
         now = 0.0
