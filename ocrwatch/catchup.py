@@ -143,12 +143,26 @@ class CatchUp:
         self._finished = 0
         self._finished_lock = threading.Lock()
         self._unreadable: set[str] = set()  # folders already reported
+        # When the running round last moved on (time.monotonic); None while none runs.
+        self._progress_at: float | None = None
 
     @property
     def scans_finished(self) -> int:
         """Folders scanned to the end since the start."""
         with self._finished_lock:
             return self._finished
+
+    def stalled_for(self, now: float) -> float:
+        """How long the running round has not moved on (a share that hangs a scandir
+        holds every later rescan up); 0 while none runs. `now`: time.monotonic()."""
+        since = self._progress_at
+        running = self._thread is not None and self._thread.is_alive()
+        return max(0.0, now - since) if running and since is not None else 0.0
+
+    def _moved_on(self) -> bool:
+        """The walk's `should_stop`, asked once per batch: also its sign of progress."""
+        self._progress_at = time.monotonic()
+        return self._stopping.is_set()
 
     def request(self, root: Path, reason: str) -> None:
         if root not in self._requested:
@@ -163,6 +177,7 @@ class CatchUp:
             return
         due = [folders[r] for r in self._requested if r in folders]
         self._requested = {}
+        self._progress_at = time.monotonic()
         self._thread = threading.Thread(
             target=self._scan, args=(due, list(roots)), name="scan", daemon=True
         )
@@ -193,7 +208,7 @@ class CatchUp:
                     self._journal,
                     roots,
                     self._emit,
-                    self._stopping.is_set,
+                    self._moved_on,
                     restore=self._restore,
                     on_error=self._cannot_read,
                     clock=self._clock,

@@ -45,6 +45,9 @@ TICK_S: Final = 0.2
 RESUME_EVERY_S: Final = 60.0
 # Items per tick, so that signals and settling stay responsive in a flood.
 DRAIN_MAX: Final = 5000
+# A catch-up scan that has not moved on for this long is reported by /healthz (not by the
+# watchdog: a restart does not cure a share that hangs).
+SCAN_STALL_S: Final = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,7 @@ class Health:
     workers_wanted: int = 0  # api.concurrency, once started
     workers_stalled: int = 0  # alive, but quiet for longer than their work allows
     credentials_refused: bool = False  # paused because the service refused them
+    scan_stalled_s: float = 0.0  # how long the running catch-up scan has not moved on
     problems: tuple[str, ...] = ()  # what a restart would cure; empty while healthy
 
     @property
@@ -116,6 +120,11 @@ def health_problems(health: Health) -> list[str]:
     if health.workers_stalled:
         problems.append(
             f"workers: {health.workers_stalled} upload threads stalled in one call"
+        )
+    if health.scan_stalled_s > SCAN_STALL_S:
+        problems.append(
+            f"scan: the catch-up scan has not moved on for {health.scan_stalled_s:.0f} s "
+            "(a share that hangs?); files that arrive unseen wait until it does"
         )
     if health.credentials_refused:
         problems.append(
@@ -232,6 +241,7 @@ class Daemon:
                 stalled((w.heartbeat for w in workers if w.alive and w.heartbeat), now)
             ),
             credentials_refused=self.loop.credentials_refused,
+            scan_stalled_s=self.catchup.stalled_for(now),
             problems=find_problems(observers, alive, workers, now),
         )
 

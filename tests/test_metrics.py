@@ -447,6 +447,13 @@ class TestHealthProblems:
                 id="worker-dead",
             ),
             pytest.param(
+                {"scan_stalled_s": 301.0},
+                "scan: the catch-up scan has not moved on for 301 s (a share that hangs?); "
+                "files that arrive unseen wait until it does",
+                id="scan-stalled",
+            ),
+            pytest.param({"scan_stalled_s": 299.0}, None, id="scan-slow-but-moving"),
+            pytest.param(
                 {"paused": True, "credentials_refused": True},
                 "credentials: the service refused them and uploads are paused; "
                 "fix api.client_id or the secret, then reload",
@@ -564,3 +571,41 @@ def test_a_quiet_log_level_loses_no_counts(tmp_path, inbox, emulator):
         value(samples, "ocrwatch_files_submitted_total"),
         value(samples, "ocrwatch_upload_seconds_count"),
     )
+
+
+def test_a_catch_up_scan_that_stops_moving_on_is_seen_as_stalled(tmp_path):
+    """The scan thread hung (here: on its own callback, as on a share that hangs a
+    scandir): `stalled_for` grows; once it is done, it is 0 again."""
+    import threading
+    import time
+
+    from ocrwatch.catchup import CatchUp
+    from ocrwatch.config import FolderConfig
+    from ocrwatch.journal import Journal
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_png(folder / "a.png", 1)
+    journal = Journal(tmp_path / "journal.sqlite3")
+    hung, release = threading.Event(), threading.Event()
+
+    def emit(found):
+        hung.set()
+        release.wait(10)
+
+    catchup = CatchUp(journal, emit, restore=lambda found, guid: None)
+    catchup.request(folder, "test")
+    catchup.start_if_due({folder: FolderConfig(path=folder)}, [folder])
+    try:
+        assert hung.wait(10)
+        stalled = catchup.stalled_for(time.monotonic() + 400)
+    finally:
+        release.set()
+    # Done: no round runs, so nothing is stalled, however late it is asked.
+    wait_until(
+        lambda: catchup.stalled_for(time.monotonic() + 400) == 0.0, 10, "scan ended"
+    )
+    journal.close()
+
+    assert stalled > 399
+    assert 1 == catchup.scans_finished
