@@ -120,6 +120,13 @@ def is_result_file(path: Path, include: Sequence[str]) -> bool:
     return rules.is_result(path.name, _Beside(path.parent))
 
 
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
 class _Beside:
     """The names in a folder, looked up one by one (lstat) instead of listed."""
 
@@ -127,7 +134,13 @@ class _Beside:
         self._folder = folder
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and os.path.lexists(self._folder / name)
+        """A folder of that name is no original: `2026.pdf` beside `2026/` is a scan."""
+        if not isinstance(name, str):
+            return False
+        try:
+            return not stat.S_ISDIR(os.lstat(self._folder / name).st_mode)
+        except OSError:
+            return False
 
 
 def is_ignored_dir(name: str, exclude: Sequence[str]) -> bool:
@@ -220,6 +233,9 @@ def walk_candidates(
             on_error(directory, exc)
             continue
         names = {e.name: e for e in entries}
+        files = {
+            name for name, e in names.items() if not _is_dir(e)
+        }  # no folder is an original
         found: list[Found] = []
         for entry in entries:
             try:
@@ -229,7 +245,7 @@ def walk_candidates(
             if is_dir and recursive and not rules.is_ignored_dir(entry.name):
                 pending.append(entry.path)
             if not rules.accepts(entry.name, entry.path[prefix:]) or rules.is_result(
-                entry.name, names
+                entry.name, files
             ):
                 continue
             st = (

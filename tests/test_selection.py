@@ -225,3 +225,25 @@ def test_a_result_file_event_is_not_tracked_nor_given_to_submit(tmp_path):
 
     assert (0, 1) == (tracked_after_result, len(intake))
     assert ["scan.png"] == [job.path.name for job in jobs]
+
+
+def test_a_folder_is_no_original_of_a_result_name(tmp_path):
+    """`2026.pdf` beside a folder `2026/` is a scan (with include `*`), not a result."""
+    from ocrwatch.selection import is_result_file, walk_candidates
+
+    (tmp_path / "2026").mkdir()
+    (tmp_path / "2026.pdf").write_bytes(b"%PDF-1.4\n%%EOF\n")
+
+    walked = [
+        Path(f.path).name
+        for batch in walk_candidates(
+            tmp_path, recursive=False, include=("*",), exclude=(), roots=[tmp_path]
+        )
+        for f in batch
+        if f.path.endswith(".pdf")
+    ]
+
+    assert (False, ["2026.pdf"]) == (
+        is_result_file(tmp_path / "2026.pdf", ("*",)),
+        walked,
+    )
