@@ -418,13 +418,17 @@ class OcrClient:
                 ) from None
             raise
 
-    def fetch_result(self, guid: str, *, pdf: bool = False) -> TaskResult:
+    def fetch_result(
+        self, guid: str, *, pdf: bool = False, progress: Progress | None = None
+    ) -> TaskResult:
         """One GET of a task's state and, once Completed, its decoded results.
 
         `pdf`: the task was created by RecognizePdf, and is read from there.
         """
         url = self._pdf_url if pdf and not self.trial else self._url
-        answer = self._request("GET", f"{url}?id={guid}", max_bytes=RESULT_MAX_BYTES)
+        answer = self._request(
+            "GET", f"{url}?id={guid}", max_bytes=RESULT_MAX_BYTES, progress=progress
+        )
         error = error_for_status(answer.status, problem_detail(answer.text))
         if error is not None:
             raise error

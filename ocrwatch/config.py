@@ -339,14 +339,53 @@ class SettingsSpec(Model):
         return Settings(**{name: getattr(self, name) for name in Settings.__slots__})
 
 
-class ProfileSpec(SettingsSpec):
+class FetchSpec(SettingsSpec):
+    """Whether and how long to wait for a file's result: ocrwatch's keys, never sent to the
+    service (they are not `Settings`)."""
+
+    fetch_results: StrictBool | None = None
+    fetch_timeout: Annotated[Duration, Field(gt=0, le=86400)] | None = None
+
+
+Command = Annotated[tuple[str, ...], Field(min_length=1)]
+
+
+class ProfileSpec(FetchSpec):
     extends: str | None = None
+    # Run as the daemon: only the main config may name a command (see OverrideSpec).
+    on_complete: Command | None = None
+    on_complete_timeout: Annotated[Duration, Field(gt=0, le=86400)] | None = None
+
+    @field_validator("on_complete", mode="before")
+    @classmethod
+    def _command(cls, value: object) -> object:
+        if isinstance(value, str):
+            raise ValueError(
+                "give the command as a list of strings (no shell), e.g. [/usr/local/bin/done, --quiet]"
+            )
+        return value
 
 
-class OverrideSpec(SettingsSpec):
-    """A `.ocrwatch.yaml` file: a profile to switch to and/or setting keys."""
+class OverrideSpec(FetchSpec):
+    """A `.ocrwatch.yaml` file: a profile to switch to, setting keys, `fetch_results` and
+    `fetch_timeout`."""
 
     profile: str | None = None
+    # Anyone who can write to a share writes these files: a command named here would run as
+    # the daemon. Known, so that the refusal says why rather than "unknown key".
+    on_complete: object = None
+    on_complete_timeout: object = None
+
+    @field_validator("on_complete", "on_complete_timeout")
+    @classmethod
+    def _main_config_only(cls, value: object, info: ValidationInfo) -> object:
+        if value is not None:
+            raise ValueError(
+                f"only the main config may set {info.field_name}, never a .ocrwatch.yaml "
+                "(anyone who can write to the folder could run commands as ocrwatch); "
+                "remove it and set it on the profile in the main config"
+            )
+        return value
 
 
 class Config(Model):

@@ -32,7 +32,9 @@ from ocrwatch.errors import (
     TokenRateLimitError,
     TransientApiError,
 )
-from ocrwatch.journal import Job, Journal
+from ocrwatch.fetcher import Fetcher
+from ocrwatch.hooks import HookRunner
+from ocrwatch.journal import Fetch, Job, Journal, Poll
 from ocrwatch.metrics import Metrics
 from ocrwatch.outcome import Recorder, Result, look_at, remove_stale_guid
 from ocrwatch.pause import PAUSE_KEY, Pause, Why
@@ -67,6 +69,7 @@ PROTOCOL_PAUSE_MAX_S: Final = 3600.0
 NOTE_CONTINUES_S: Final = 120.0
 # Hashing a file slower than this (a share in trouble) counts as no progress.
 HASH_MIN_BYTES_PER_S: Final = 1 << 20
+PDF_MAGIC: Final = b"%PDF-"
 
 
 class JobLoop:
@@ -116,6 +119,12 @@ class JobLoop:
         # takes a row that a thread has just claimed for one of this process's orphans.
         self._claim_lock = threading.Lock()
         self._beats = Heartbeats()
+        # Polls in flight: kept apart from uploads, which a rebuilt journal gets back.
+        self._polling: dict[Path, Poll] = {}
+        self.hooks = HookRunner()
+        self._fetcher = Fetcher(
+            self._recorder, self.hooks, clock=clock, metrics=self._metrics
+        )
 
     @property
     def runtime(self) -> Runtime:
@@ -203,6 +212,7 @@ class JobLoop:
         deadline = time.monotonic() + timeout_s
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        self.hooks.stop(max(0.0, deadline - time.monotonic()))
         return not any(t.is_alive() for t in threads)
 
     def step(self) -> Result | None:
@@ -212,6 +222,11 @@ class JobLoop:
             return None
         if 0 < self._noted_until <= now:
             self._note_pause(None, ended_by=now)
+        # A due poll first: it is one short GET, and a result waiting is a scan waiting.
+        with self._claim_lock:
+            poll = self._journal.claim_poll(now, on_claimed=self._begin_poll)
+        if poll is not None:
+            return self.process_poll(poll)
         with self._claim_lock:
             job = self._journal.claim(now, on_claimed=self._begin)
         self._journal_is_back()  # a claim went through, whether or not one was due
@@ -222,12 +237,35 @@ class JobLoop:
         process's own whose outcome could not be recorded (the journal failed meanwhile)."""
         with self._claim_lock:
             with self._cond:
-                in_flight = set(self._in_flight)
+                in_flight = set(self._in_flight) | set(self._polling)
             return self._journal.resume(self._clock(), in_flight=in_flight)
 
     def _begin(self, job: Job) -> None:
         with self._cond:
             self._in_flight[job.path] = job
+
+    def _begin_poll(self, poll: Poll) -> None:
+        with self._cond:
+            self._polling[poll.path] = poll
+
+    def process_poll(self, poll: Poll) -> Result:
+        """One look at a claimed poll's task. Raises only JournalError."""
+        runtime = self._runtime
+        self._begin_poll(poll)
+        try:
+            self._beat(runtime, f"asking for the result of {poll.path}")
+            return self._fetcher.poll(
+                poll, runtime, functools.partial(self._beat, runtime)
+            )
+        except JournalError:
+            raise
+        except Exception as exc:  # a bug on one file must not end a worker
+            log.exception("poll.crashed", path=str(poll.path))
+            at = self._clock() + runtime.poll.max_s
+            return self._recorder.poll_again(poll, at, f"internal error: {exc}")
+        finally:
+            with self._cond:
+                self._polling.pop(poll.path, None)
 
     def in_flight_jobs(self) -> list[Job]:
         """The jobs being processed now (a rebuilt journal gets their claims back)."""
@@ -378,7 +416,11 @@ class JobLoop:
         if (why := why_unwritable(job.path)) is not None:
             return rec.held(job, why, once_per=job.path.parent)
         key = content_key(resolved.settings, runtime.client.trial)
-        if early := self._before_upload(job, fd, look, key, runtime):
+        fetch = None
+        if resolved.fetch.enabled:
+            pdf = os.pread(fd, len(PDF_MAGIC), 0) == PDF_MAGIC
+            fetch = Fetch(resolved.fetch.timeout_s, runtime.poll.first_s, pdf)
+        if early := self._before_upload(job, fd, look, key, runtime, fetch):
             return early
         upload_started = time.monotonic()
         try:
@@ -406,12 +448,14 @@ class JobLoop:
             self._beat(runtime, f"hashing {job.path}", look.size / HASH_MIN_BYTES_PER_S)
             now_sha256 = self._sha256_of(job.path)
             return rec.changed_after_upload(
-                job, resolved.profile, sub, key, now_sha256, runtime
+                job, resolved.profile, sub, key, now_sha256, runtime, fetch
             )
         with self._cond:
             self._protocol_pause_s = 0.0
         try:
-            return rec.submitted(job, resolved.profile, sub, key, runtime, started)
+            return rec.submitted(
+                job, resolved.profile, sub, key, runtime, started, fetch
+            )
         except JournalError:
             # Billed, and perhaps without a `.guid`: remembered here, so that when the row
             # comes back (resume_orphans) it is recorded, not sent again.
@@ -479,7 +523,13 @@ class JobLoop:
         return True
 
     def _before_upload(
-        self, job: Job, fd: int, look: Look, key: str, runtime: Runtime
+        self,
+        job: Job,
+        fd: int,
+        look: Look,
+        key: str,
+        runtime: Runtime,
+        fetch: Fetch | None,
     ) -> Result | None:
         """Not a whole image yet, or content the service already has: no upload."""
         window = runtime.config.dedupe_window
@@ -495,7 +545,7 @@ class JobLoop:
             found = self._journal.find_accepted(seen.sha256, key, since, own=job.path)
             if found is not None:
                 return self._recorder.deduplicated(
-                    job, look, seen.sha256, key, found, runtime
+                    job, look, seen.sha256, key, found, runtime, fetch
                 )
             if self._journal.mark_content(job.path, seen.sha256, key, since=since):
                 return None  # nobody has sent or is sending this content: send it

@@ -12,6 +12,7 @@ of a process that is gone are put back.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import re
@@ -30,8 +31,19 @@ from ocrwatch.log import redact_text
 
 log = structlog.get_logger()
 
-STATES: Final = ("queued", "submitting", "submitted", "failed", "rejected")
-DONE_STATES: Final = ("submitted", "rejected")
+STATES: Final = (
+    "queued",
+    "submitting",
+    "submitted",
+    "fetching",
+    "completed",
+    "failed",
+    "rejected",
+)
+DONE_STATES: Final = ("submitted", "fetching", "completed", "rejected")
+# The service has the task: a GUID that describes the row's content.
+ACCEPTED_STATES: Final = ("submitted", "fetching", "completed")
+ACCEPTED_SQL: Final = "('submitted', 'fetching', 'completed')"
 MIGRATIONS: Final = (
     # version 1
     """
@@ -76,6 +88,40 @@ MIGRATIONS: Final = (
     CREATE INDEX files_finished ON files(updated_at)
         WHERE state IN ('submitted', 'rejected');
     """,
+    # version 5: results. A `fetching` row waits for its poll at next_attempt_at (claimed_by
+    # set while one is in flight) until fetch_deadline; `pdf`: the task is RecognizePdf's;
+    # fetch_s: the timeout it was given (`retry` gives it again); results: what was written
+    # (JSON [name, inode, size, mtime_ns]), to know our files later; resubmits: uploads
+    # again after NotExist; refetch: `retry` fetches again instead of uploading
+    """
+    ALTER TABLE files ADD COLUMN pdf INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE files ADD COLUMN fetch_s REAL;
+    ALTER TABLE files ADD COLUMN fetch_deadline REAL;
+    ALTER TABLE files ADD COLUMN polls INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE files ADD COLUMN results TEXT;
+    ALTER TABLE files ADD COLUMN resubmits INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE files ADD COLUMN refetch INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX files_polls ON files(next_attempt_at)
+        WHERE state='fetching' AND claimed_by IS NULL;
+    DROP INDEX files_finished;
+    CREATE INDEX files_finished ON files(updated_at)
+        WHERE state IN ('submitted', 'rejected', 'completed');
+    """,
+)
+POLL_COLUMNS: Final = (
+    "path, root, size, mtime_ns, guid, pdf, polls, fetch_deadline, resubmits, results,"
+    " profile, fetch_s"
+)
+# The next due poll; claimed_by marks it in flight (a crash: `resume` frees it).
+CLAIM_POLL_SQL: Final = (
+    "UPDATE files SET claimed_by=?, updated_at=? WHERE path = ("
+    " SELECT path FROM files INDEXED BY files_polls WHERE state='fetching'"
+    " AND claimed_by IS NULL AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT 1)"
+    f" RETURNING {POLL_COLUMNS}"
+)
+CLAIM_POLL_OF_SQL: Final = (
+    "UPDATE files SET claimed_by=?, updated_at=? WHERE path=? AND state='fetching'"
+    f" AND claimed_by IS NULL AND next_attempt_at <= ? RETURNING {POLL_COLUMNS}"
 )
 # INDEXED BY: with few rows and no statistics SQLite would pick files_due and sort the backlog.
 CLAIM_SQL: Final = (
@@ -100,13 +146,15 @@ CLAIM_FILE_SQL: Final = (
     " size=excluded.size, mtime_ns=excluded.mtime_ns, profile=excluded.profile, held=0,"
     " attempts=CASE WHEN files.state IN ('queued', 'failed') THEN files.attempts ELSE 0 END,"
     " updated_at=excluded.updated_at"
-    " WHERE files.state != 'submitting' AND NOT (files.state='submitted'"
+    " WHERE files.state != 'submitting' AND NOT (files.state IN ('submitted', 'fetching', 'completed')"
     " AND files.size=excluded.size AND files.mtime_ns=excluded.mtime_ns)"
     " RETURNING path, root, size, mtime_ns, attempts, profile"
 )
 LOOKUP_BATCH: Final = 500
 # How long a claim by a process that /proc hides from us is believed (see `is_alive`).
 UNVERIFIED_CLAIM_MAX_S: Final = 3600.0
+# The service keeps a task's result this long (aspose-api.md §5).
+TASK_LIFETIME_S: Final = 24 * 3600.0
 TEXT_MAX: Final = 500  # a reason longer than this is cut: it is shown, not parsed
 ENTRY_COLUMNS: Final = "path, size, mtime_ns, state, guid, attempts, next_attempt_at, last_error, held, updated_at, sha256"
 
@@ -154,6 +202,37 @@ def journal_exists(path: Path) -> bool:
             f"{path.parent}: cannot look into state_dir ({exc.strerror}); run this as the "
             "service user, e.g. `sudo -u ocrwatch ocrwatch status`"
         ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """A submitted file's result is to be waited for: how long, the first look, the endpoint."""
+
+    timeout_s: float
+    first_poll_s: float
+    pdf: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Poll:
+    """A `fetching` row claimed for one look at its task."""
+
+    path: Path
+    root: Path
+    size: int
+    mtime_ns: int
+    guid: str
+    pdf: bool
+    polls: int
+    deadline: float
+    resubmits: int
+    results: tuple[tuple[str, int, int, int], ...]  # (name, inode, size, mtime_ns) ours
+    profile: str | None
+    fetch_s: float
+
+    @property
+    def job(self) -> Job:
+        return Job(self.path, self.root, self.size, self.mtime_ns, 0, self.profile)
 
 
 class Journal:
@@ -231,7 +310,8 @@ class Journal:
             # Queued anew: its wait (and its place in the queue) starts now.
             db.execute(
                 "UPDATE files SET state='queued', size=?, mtime_ns=?, attempts=0, next_attempt_at=0, "
-                "last_error=NULL, held=0, root=?, profile=NULL, created_at=?, updated_at=? "
+                "last_error=NULL, held=0, root=?, profile=NULL, resubmits=0, refetch=0, "
+                "claimed_by=NULL, created_at=?, updated_at=? "
                 "WHERE path=?",
                 (job.size, job.mtime_ns, root, now, now, path),
             )
@@ -317,8 +397,9 @@ class Journal:
         now: float,
         settings_key: str | None = None,
         accepted_at: float | None = None,
+        fetch: Fetch | None = None,
     ) -> None:
-        """Done: the service has the task `guid`.
+        """Done: the service has the task `guid`; with `fetch`, its result is waited for.
 
         With `settings_key` and `accepted_at` (when the service took this content with these
         settings), the row can serve the same content again without an upload; a GUID taken
@@ -327,10 +408,129 @@ class Journal:
         self._set(
             path,
             now,
-            "state='submitted', guid=?, sha256=?, size=?, mtime_ns=?, settings_key=?, "
-            "accepted_at=?, attempts=attempts+1, last_error=NULL, held=0",
-            (guid, sha256, size, mtime_ns, settings_key, accepted_at),
+            "state=?, guid=?, sha256=?, size=?, mtime_ns=?, settings_key=?, "
+            "accepted_at=?, attempts=attempts+1, last_error=NULL, held=0, "
+            "pdf=?, fetch_s=?, fetch_deadline=?, next_attempt_at=?, polls=0, refetch=0, "
+            "claimed_by=NULL",
+            (
+                "submitted" if fetch is None else "fetching",
+                guid,
+                sha256,
+                size,
+                mtime_ns,
+                settings_key,
+                accepted_at,
+                fetch is not None and fetch.pdf,
+                None if fetch is None else fetch.timeout_s,
+                None if fetch is None else now + fetch.timeout_s,
+                0 if fetch is None else now + fetch.first_poll_s,
+            ),
         )
+
+    def claim_poll(
+        self, now: float, on_claimed: Callable[[Poll], None] = lambda poll: None
+    ) -> Poll | None:
+        """Take the next `fetching` row whose poll is due, or None."""
+
+        def claimed(rows: list[sqlite3.Row]) -> None:
+            if (poll := _poll(rows)) is not None:
+                on_claimed(poll)
+
+        return _poll(
+            self._file.write(CLAIM_POLL_SQL, (this_process(), now, now), claimed)
+        )
+
+    def claim_poll_of(self, path: Path, now: float) -> Poll | None:
+        """Take this `fetching` row if its poll is due and nobody polls it (`fetch`)."""
+        return _poll(
+            self._file.write(CLAIM_POLL_OF_SQL, (this_process(), now, _key(path), now))
+        )
+
+    def schedule_poll(
+        self, path: Path, *, at: float, now: float, error: str | None = None
+    ) -> None:
+        """The task is not done yet (or could not be asked about): look again at `at`."""
+        self._set(
+            path,
+            now,
+            "polls=polls+1, next_attempt_at=?, claimed_by=NULL, last_error=?",
+            (at, _text(error)),
+        )
+
+    def mark_completed(
+        self, path: Path, *, results: Iterable[tuple[str, int, int, int]], now: float
+    ) -> None:
+        """Its result files are written: never fetched again (unless the file changes)."""
+        self._set(
+            path,
+            now,
+            "state='completed', results=?, polls=polls+1, claimed_by=NULL, last_error=NULL",
+            (json.dumps([list(r) for r in results]),),
+        )
+
+    def mark_fetch_failed(
+        self, path: Path, *, reason: str, refetch: bool, now: float
+    ) -> None:
+        """No result will come (Error, lost twice) or came in time (`refetch`: `retry` asks
+        the service again rather than uploading)."""
+        self._set(
+            path,
+            now,
+            "state='rejected', last_error=?, refetch=?, polls=polls+1, claimed_by=NULL",
+            (_text(reason), refetch),
+        )
+
+    def resubmit(self, path: Path, *, reason: str, now: float) -> None:
+        """The service lost the task (NotExist): upload once more, as a new task. Its GUID
+        and what made it a dedupe source go, so that neither is used again."""
+        self._set(
+            path,
+            now,
+            "state='queued', guid=NULL, sha256=NULL, settings_key=NULL, accepted_at=NULL,"
+            " resubmits=resubmits+1, attempts=0, next_attempt_at=0, claimed_by=NULL,"
+            " last_error=?",
+            (_text(reason),),
+        )
+
+    def start_fetch(self, job: Job, guid: str, fetch: Fetch, now: float) -> bool:
+        """Wait for the result of a task a `.guid` names (`ocrwatch fetch`), recording the
+        file if it is new. False if it is in flight or already completed with this content."""
+        rows = self._file.write(
+            "INSERT INTO files(path, root, size, mtime_ns, state, guid, pdf, fetch_s,"
+            " fetch_deadline, next_attempt_at, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, 'fetching', ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(path) DO UPDATE SET state='fetching', guid=excluded.guid,"
+            " size=excluded.size, mtime_ns=excluded.mtime_ns, pdf=excluded.pdf,"
+            " fetch_s=excluded.fetch_s, fetch_deadline=excluded.fetch_deadline,"
+            " next_attempt_at=excluded.next_attempt_at, polls=0, refetch=0, held=0,"
+            " claimed_by=NULL, last_error=NULL, updated_at=excluded.updated_at"
+            " WHERE files.state NOT IN ('submitting', 'queued')"
+            " AND NOT (files.state='fetching' AND files.claimed_by IS NOT NULL)"
+            " AND NOT (files.state='completed' AND files.guid=excluded.guid"
+            " AND files.size=excluded.size AND files.mtime_ns=excluded.mtime_ns)"
+            " RETURNING path",
+            (
+                _key(job.path),
+                _key(job.root),
+                job.size,
+                job.mtime_ns,
+                guid,
+                fetch.pdf,
+                fetch.timeout_s,
+                now + fetch.timeout_s,
+                now + fetch.first_poll_s,
+                now,
+                now,
+            ),
+        )
+        return bool(rows)
+
+    def fetch_state(self, path: Path) -> tuple[str, str | None] | None:
+        """(state, last error) of one row, for `fetch` waiting on its files."""
+        rows = self._file.query(
+            "SELECT state, last_error FROM files WHERE path=?", (_key(path),)
+        )
+        return None if not rows else (rows[0][0], rows[0][1])
 
     def mark_content(
         self, path: Path, sha256: str, settings_key: str, *, since: float
@@ -347,7 +547,7 @@ class Journal:
             " WHERE path=? AND NOT EXISTS ("
             " SELECT 1 FROM files AS other WHERE other.sha256=? AND other.settings_key=?"
             " AND other.path != ? AND (other.state='submitting'"
-            " OR (other.state='submitted' AND other.accepted_at >= ?))) RETURNING path",
+            f" OR (other.state IN {ACCEPTED_SQL} AND other.accepted_at >= ?))) RETURNING path",
             (sha256, settings_key, _key(path), sha256, settings_key, _key(path), since),
         )
         return bool(rows)
@@ -358,7 +558,7 @@ class Journal:
         """(path, GUID) of every other file submitted with this content and these settings."""
         rows = self._file.query(
             "SELECT path, guid FROM files WHERE sha256=? AND settings_key=?"
-            " AND state='submitted' AND guid IS NOT NULL AND path != ?",
+            f" AND state IN {ACCEPTED_SQL} AND guid IS NOT NULL AND path != ?",
             (sha256, settings_key, _key(besides)),
         )
         return [(Path(unkey(path)), guid) for path, guid in rows]
@@ -370,7 +570,7 @@ class Journal:
         by another file, or by `own` before (a file whose time alone changed, `touch`)."""
         rows = self._file.query(
             "SELECT path, guid, accepted_at FROM files WHERE sha256=? AND settings_key=?"
-            " AND (state='submitted' OR path=?) AND guid IS NOT NULL AND accepted_at >= ?"
+            f" AND (state IN {ACCEPTED_SQL} OR path=?) AND guid IS NOT NULL AND accepted_at >= ?"
             " ORDER BY path=? DESC, accepted_at DESC LIMIT 1",
             (sha256, settings_key, _key(own), since, _key(own)),
         )
@@ -473,6 +673,21 @@ class Journal:
                     "UPDATE files SET state='queued', updated_at=? WHERE path=?",
                     (now, path),
                 )
+            polls = db.execute(
+                "SELECT path, claimed_by, updated_at FROM files WHERE state='fetching'"
+                " AND claimed_by IS NOT NULL"
+            ).fetchall()
+            for path, owner, claimed_at in polls:
+                if (
+                    path not in keep
+                    if owner == mine
+                    else not is_alive(owner, claimed_for_s=now - claimed_at)
+                ):
+                    db.execute(
+                        "UPDATE files SET claimed_by=NULL, next_attempt_at=?,"
+                        " updated_at=? WHERE path=?",
+                        (now, now, path),
+                    )
         return len(orphans)
 
     def counts(self) -> dict[str, int]:
@@ -501,11 +716,16 @@ class Journal:
         return None if value is None else float(value)
 
     def next_due_at(self) -> float:
+        """When the next upload or poll is due."""
         rows = self._file.query(
             "SELECT MIN(next_attempt_at) FROM files WHERE state IN ('queued','failed') AND held=0"
         )
-        value = rows[0][0]
-        return math.inf if value is None else float(value)
+        polls = self._file.query(
+            "SELECT MIN(next_attempt_at) FROM files INDEXED BY files_polls"
+            " WHERE state='fetching' AND claimed_by IS NULL"
+        )
+        values = [float(v) for v in (rows[0][0], polls[0][0]) if v is not None]
+        return min(values, default=math.inf)
 
     def entries(
         self, *, states: Iterable[str] = STATES, held: bool = False, limit: int = 1000
@@ -537,8 +757,22 @@ class Journal:
         caller removes their `.error`.
         """
         done = []
+        refetch_since = now - TASK_LIFETIME_S
         with self._file.tx() as db:
             for path in paths:
+                # Past fetch_timeout with a task the service still keeps: asked again, not
+                # uploaded (and paid for) again.
+                row = db.execute(
+                    "UPDATE files SET state='fetching', polls=0, refetch=0, next_attempt_at=?,"
+                    " fetch_deadline=?+COALESCE(fetch_s, 600), last_error=NULL, held=0,"
+                    " claimed_by=NULL, updated_at=? WHERE path=? AND state='rejected'"
+                    " AND refetch=1 AND guid IS NOT NULL"
+                    " AND (accepted_at IS NULL OR accepted_at >= ?) RETURNING path",
+                    (now, now, now, _key(path), refetch_since),
+                ).fetchone()
+                if row is not None:
+                    done.append(path)
+                    continue
                 row = db.execute(
                     "UPDATE files SET state='queued', attempts=0, next_attempt_at=0,"
                     " last_error=NULL, held=0, created_at=?, updated_at=?"
@@ -563,7 +797,7 @@ class Journal:
         # `+state`: not by files_due (every submitted row) but files_accepted, which a
         # journal of an older version, read by `status`, does not have yet.
         rows = self._file.query(
-            "SELECT COUNT(*) FROM files WHERE accepted_at >= ? AND +state='submitted'",
+            f"SELECT COUNT(*) FROM files WHERE accepted_at >= ? AND +state IN {ACCEPTED_SQL}",
             (since,),
         )
         return int(rows[0][0])
@@ -575,7 +809,7 @@ class Journal:
         from `after`: one batch of the prune's walk, an index range, no lock kept between."""
         rows = self._file.query(
             "SELECT updated_at, rowid, path FROM files INDEXED BY files_finished"
-            " WHERE state IN ('submitted', 'rejected') AND updated_at < ?"
+            " WHERE state IN ('submitted', 'rejected', 'completed') AND updated_at < ?"
             " AND (updated_at, rowid) > (?, ?) ORDER BY updated_at, rowid LIMIT ?",
             (cutoff, *after, limit),
         )
@@ -587,7 +821,8 @@ class Journal:
         with self._file.tx() as db:
             return sum(
                 db.execute(
-                    "DELETE FROM files WHERE path=? AND state IN ('submitted', 'rejected')"
+                    "DELETE FROM files WHERE path=? AND state IN ('submitted', 'rejected',"
+                    " 'completed')"
                     " AND updated_at < ?",
                     (key, cutoff),
                 ).rowcount
@@ -623,6 +858,27 @@ def _entry(r: sqlite3.Row) -> Entry:
     path = unkey(r[0])
     return Entry(
         path, r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), r[9], r[10]
+    )
+
+
+def _poll(rows: list[sqlite3.Row]) -> Poll | None:
+    if not rows:
+        return None
+    r = rows[0]
+    results = tuple(tuple(item) for item in json.loads(r[9] or "[]"))
+    return Poll(
+        Path(unkey(r[0])),
+        Path(unkey(r[1])),
+        r[2],
+        r[3],
+        r[4] or "",
+        bool(r[5]),
+        r[6],
+        float(r[7] or 0.0),
+        r[8],
+        results,
+        r[10],
+        float(r[11] or 0.0),
     )
 
 

@@ -113,6 +113,26 @@ class Metrics:
         )
         for result in TOKEN_RESULTS:
             self._tokens.labels(result)  # present at 0 before the first fetch
+        self._polls = Counter(
+            "ocrwatch_result_polls",
+            "Questions to the service about a task's result.",
+            registry=r,
+        )
+        self._fetched = Counter(
+            "ocrwatch_results_fetched",
+            "Files whose result files were written (they are then completed).",
+            registry=r,
+        )
+        self._fetch_failed = Counter(
+            "ocrwatch_fetch_failed",
+            "Files that got an .error instead of a result (task Error, lost, timed out).",
+            registry=r,
+        )
+        self._resubmitted = Counter(
+            "ocrwatch_resubmitted",
+            "Files uploaded once more because the service lost their task (NotExist).",
+            registry=r,
+        )
         self._upload_s = Histogram(
             "ocrwatch_upload_seconds",
             "Time from the start of an upload to the service's acceptance, retries included.",
@@ -139,6 +159,18 @@ class Metrics:
 
     def retry_later(self) -> None:
         self._retry_later.inc()
+
+    def polled(self) -> None:
+        self._polls.inc()
+
+    def result_fetched(self) -> None:
+        self._fetched.inc()
+
+    def fetch_failed(self) -> None:
+        self._fetch_failed.inc()
+
+    def resubmitted(self) -> None:
+        self._resubmitted.inc()
 
     def token_fetched(self, result: str) -> None:
         self._tokens.labels(result).inc()

@@ -19,11 +19,12 @@ from typing import Final
 
 import structlog
 
-from ocrwatch.client import Submission
+from ocrwatch.client import Submission, TaskResult
 from ocrwatch.errors import JournalError, SidecarError
-from ocrwatch.journal import Job, Journal
+from ocrwatch.journal import Fetch, Job, Journal, Poll
 from ocrwatch.metrics import Metrics
 from ocrwatch.preflight import Receipt
+from ocrwatch.results import write_results, written_signature
 from ocrwatch.retry import next_attempt_at
 from ocrwatch.runtime import Runtime
 from ocrwatch.settings import shorten
@@ -56,6 +57,9 @@ class Outcome(StrEnum):
     AUTH = "auth"  # credentials refused: uploads pause, nothing is failed
     HELD = "held"  # its .ocrwatch.yaml is invalid, or its sidecar could not be written
     UNCONFIGURED = "unconfigured"  # its folder is no longer in the config
+    FETCHING = "fetching"  # its result is not ready yet: polled again later
+    COMPLETED = "completed"  # its result files are written
+    RESUBMITTED = "resubmitted"  # the service lost the task: queued for one more upload
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,7 @@ class Result:
     outcome: Outcome
     error: str | None = None
     guid: str | None = None
+    files: tuple[Path, ...] = ()  # result files written (COMPLETED)
 
 
 def look_at(path: Path) -> Look | None:
@@ -118,13 +123,14 @@ class Recorder:
         key: str,
         runtime: Runtime,
         started: float,
+        fetch: Fetch | None = None,
     ) -> Result:
         # The journal first: a crash before the sidecar is written leaves a row the next scan
         # restores the `.guid` from, and the journal then knows every GUID a sidecar holds
         # (what lets a renamed file's `.guid` be cleaned up). If the journal cannot take it,
         # the sidecar is written all the same: it is the receipt.
         try:
-            self.record_upload(job, sub, key)
+            self.record_upload(job, sub, key, fetch)
         except JournalError:
             self._write_guid(job, sub.guid, runtime)
             raise
@@ -138,10 +144,13 @@ class Recorder:
             bytes=sub.size,
             image_type=sub.image_type,
             duration_ms=round((time.monotonic() - started) * 1000, 1),
+            fetching=fetch is not None,
         )
         return Result(Outcome.SUBMITTED, guid=sub.guid)
 
-    def record_upload(self, job: Job, sub: Submission, key: str) -> None:
+    def record_upload(
+        self, job: Job, sub: Submission, key: str, fetch: Fetch | None = None
+    ) -> None:
         """The service accepted this content with these settings now: a source for dedupe."""
         now = self._clock()
         self._journal.mark_submitted(
@@ -153,6 +162,7 @@ class Recorder:
             now=now,
             settings_key=key,
             accepted_at=now,
+            fetch=fetch,
         )
 
     def adopted(self, job: Job, look: Look, receipt: Receipt) -> Result:
@@ -187,6 +197,7 @@ class Recorder:
         key: str,
         found: tuple[Path, str, float],
         runtime: Runtime,
+        fetch: Fetch | None = None,
     ) -> Result:
         """The service accepted this content with these settings lately: reuse its GUID."""
         source, guid, accepted_at = found
@@ -202,6 +213,7 @@ class Recorder:
             now=self._clock(),
             settings_key=key,
             accepted_at=accepted_at,
+            fetch=fetch,  # the results of the same task, for this name
         )
         self._write_guid(job, guid, runtime)
         self._metrics.deduplicated()
@@ -223,6 +235,7 @@ class Recorder:
         key: str,
         now_sha256: str | None,
         runtime: Runtime,
+        fetch: Fetch | None = None,
     ) -> Result:
         """The service took the file, but it changed or went away meanwhile.
 
@@ -241,7 +254,9 @@ class Recorder:
                 sub.attempts,
                 sub.image_type,
             )
-            return self.submitted(job, profile, same, key, runtime, time.monotonic())
+            return self.submitted(
+                job, profile, same, key, runtime, time.monotonic(), fetch
+            )
         if os.path.lexists(job.path):
             log.warning("job.changed_after_upload", path=str(job.path), guid=sub.guid)
             return self.unsettled(job, look or Look(0, 0), runtime, str(sub.changed))
@@ -355,6 +370,87 @@ class Recorder:
         """Credentials refused: the file goes back to the queue; the loop pauses uploads."""
         self._journal.release(job, now=self._clock(), reason=reason)
         return Result(Outcome.AUTH, reason)
+
+    def poll_again(self, poll: Poll, at: float, error: str | None = None) -> Result:
+        """Not done yet, or the service could not be asked: the next look at `at`."""
+        self._journal.schedule_poll(poll.path, at=at, now=self._clock(), error=error)
+        return Result(Outcome.FETCHING, error, guid=poll.guid)
+
+    def completed(self, poll: Poll, task: TaskResult, runtime: Runtime) -> Result:
+        """Write the task's results next to the original, then the row is `completed`.
+
+        A name that holds a file the journal does not know as ours is a user's: the result
+        goes to `<name>.ocr.<ext>` instead. If the folder refuses the write, the result is
+        asked for again later (the service keeps it for a day).
+        """
+        recorded = {name: (ino, size, mtime) for name, ino, size, mtime in poll.results}
+
+        def is_ours(path: Path) -> bool:
+            try:
+                st = path.lstat()
+            except OSError:
+                return False
+            return recorded.get(path.name) == (st.st_ino, st.st_size, st.st_mtime_ns)
+
+        entries = [(e.kind, e.data) for e in task.results]
+        try:
+            written = write_results(
+                poll.path, entries, is_ours, staging=runtime.staging
+            )
+            signatures = [(p.name, *written_signature(p)) for p in written.files]
+            if (
+                read_guid(poll.path) != poll.guid
+            ):  # `retry` after a timeout: it had .error
+                write_sidecar(poll.path, Kind.GUID, poll.guid, staging=runtime.staging)
+        except SidecarError as exc:
+            log.error("result.write_failed", path=str(poll.path), error=str(exc))
+            at = self._clock() + runtime.poll.max_s
+            return self.poll_again(poll, at, f"result not written: {exc}")
+        self._journal.mark_completed(poll.path, results=signatures, now=self._clock())
+        for skipped in written.skipped:
+            log.warning("result.skipped", path=str(poll.path), reason=skipped.reason)
+        if task.warnings:
+            log.warning(
+                "task.warnings", path=str(poll.path), warnings=list(task.warnings)
+            )
+        self._metrics.result_fetched()
+        log.info(
+            "job.completed",
+            path=str(poll.path),
+            guid=poll.guid,
+            files=[p.name for p in written.files],
+            polls=poll.polls + 1,
+        )
+        return Result(Outcome.COMPLETED, guid=poll.guid, files=written.files)
+
+    def fetch_failed(
+        self, poll: Poll, reason: str, runtime: Runtime, *, refetch: bool
+    ) -> Result:
+        """No result: `.error` with why (it replaces the `.guid`; the journal keeps the GUID)."""
+        try:
+            write_sidecar(poll.path, Kind.ERROR, reason, staging=runtime.staging)
+        except SidecarError as exc:
+            log.error("sidecar.write_failed", path=str(poll.path), error=str(exc))
+            reason = f"{reason} {NO_ERROR_NOTE}{exc})"
+        self._journal.mark_fetch_failed(
+            poll.path, reason=reason, refetch=refetch, now=self._clock()
+        )
+        self._metrics.fetch_failed()
+        log.warning(
+            "job.fetch_failed", path=str(poll.path), guid=poll.guid, error=reason
+        )
+        return Result(Outcome.REJECTED, reason, guid=poll.guid)
+
+    def resubmitted(self, poll: Poll, reason: str) -> Result:
+        """The service lost the task: its `.guid` goes, and the file is uploaded once more
+        (a new, billed task; logged as such)."""
+        remove_stale_guid(poll.path, poll.guid)
+        self._journal.resubmit(poll.path, reason=reason, now=self._clock())
+        self._metrics.resubmitted()
+        log.warning(
+            "job.resubmitted", path=str(poll.path), lost_guid=poll.guid, error=reason
+        )
+        return Result(Outcome.RESUBMITTED, reason)
 
     def _write_guid(self, job: Job, guid: str, runtime: Runtime) -> None:
         try:

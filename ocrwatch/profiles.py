@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from ocrwatch.config import (
     Config,
+    FetchSpec,
     OverrideSpec,
     ProfileSpec,
     load_yaml,
@@ -37,10 +38,63 @@ class Override:
     spec: OverrideSpec
 
 
+DEFAULT_FETCH_TIMEOUT_S: Final = 600.0
+DEFAULT_HOOK_TIMEOUT_S: Final = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class FetchPolicy:
+    """What becomes of a file after its upload: wait for its result, and hand it on."""
+
+    enabled: bool = False
+    timeout_s: float = DEFAULT_FETCH_TIMEOUT_S
+    on_complete: tuple[str, ...] = ()
+    on_complete_timeout_s: float = DEFAULT_HOOK_TIMEOUT_S
+
+
 @dataclass(frozen=True, slots=True)
 class Resolved:
     profile: str
     settings: Settings
+    fetch: FetchPolicy = FetchPolicy()
+
+
+def _chain(name: str, table: Mapping[str, ProfileSpec]) -> list[ProfileSpec]:
+    """The profile and what it extends, the base first."""
+    chain: list[ProfileSpec] = []
+    current: str | None = name
+    while current is not None:
+        spec = table[current]
+        chain.append(spec)
+        current = spec.extends
+    return chain[::-1]
+
+
+def _fetch_over(policy: FetchPolicy, spec: FetchSpec) -> FetchPolicy:
+    return replace(
+        policy,
+        enabled=policy.enabled if spec.fetch_results is None else spec.fetch_results,
+        timeout_s=policy.timeout_s
+        if spec.fetch_timeout is None
+        else spec.fetch_timeout,
+    )
+
+
+def resolve_fetch(
+    name: str, table: Mapping[str, ProfileSpec], overrides: Sequence[Override] = ()
+) -> FetchPolicy:
+    """A profile's fetch keys along its `extends` chain, then `.ocrwatch.yaml` files'
+    `fetch_results`/`fetch_timeout` (they can never set a hook)."""
+    policy = FetchPolicy()
+    for spec in _chain(name, table):
+        policy = _fetch_over(policy, spec)
+        if spec.on_complete is not None:
+            policy = replace(policy, on_complete=spec.on_complete)
+        if spec.on_complete_timeout is not None:
+            policy = replace(policy, on_complete_timeout_s=spec.on_complete_timeout)
+    for override in overrides:
+        policy = _fetch_over(policy, override.spec)
+    return policy
 
 
 def resolve_profile(name: str, table: Mapping[str, ProfileSpec]) -> Settings:
@@ -53,14 +107,8 @@ def resolve_profile(name: str, table: Mapping[str, ProfileSpec]) -> Settings:
         raise ConfigError(
             f"profile `{name}` is not defined in the config; define it, or submit the file again"
         )
-    chain: list[ProfileSpec] = []
-    current: str | None = name
-    while current is not None:
-        spec = table[current]
-        chain.append(spec)
-        current = spec.extends
     settings = Settings()
-    for spec in reversed(chain):
+    for spec in _chain(name, table):
         settings = settings.merged(spec.to_settings())
     return settings
 
@@ -86,7 +134,8 @@ def resolve(
     settings = resolve_profile(profile, table)
     for override in overrides:
         settings = settings.merged(override.spec.to_settings())
-    return Resolved(profile=profile, settings=settings)
+    fetch = resolve_fetch(profile, table, overrides)
+    return Resolved(profile=profile, settings=settings, fetch=fetch)
 
 
 def parse_override(data: object, path: Path) -> OverrideSpec:

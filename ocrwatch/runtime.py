@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -17,6 +17,7 @@ from ocrwatch.config import Config, Credentials, FolderConfig
 from ocrwatch.journal import Job
 from ocrwatch.metrics import Metrics
 from ocrwatch.profiles import ProfileBook
+from ocrwatch.taskpoll import PollSchedule
 
 # A refusal is retried at most once a minute, or after the service's Retry-After.
 AUTH_RETRY_S: Final = 60.0
@@ -32,6 +33,7 @@ class Runtime:
     book: ProfileBook
     folders: Mapping[Path, FolderConfig]  # by absolute root
     staging: Path | None  # where sidecars are prepared, if it is usable
+    poll: PollSchedule = field(default_factory=PollSchedule)
 
     @classmethod
     def build(
@@ -48,6 +50,7 @@ class Runtime:
             ProfileBook(config),
             {f.path.absolute(): f for f in config.folders},
             _staging(config.state_dir),
+            PollSchedule.from_env(),
         )
 
     def profile_for(self, job: Job) -> str | None:
