@@ -96,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="an image, or a folder of them (its include/exclude rules apply)",
     )
     p = command(
+        "fetch",
+        "write the results of files that have a .guid and no results yet",
+        "Asks the service for each task a .guid names and writes its result files next "
+        "to the file (folders expanded by their rules; no PATH: every configured folder). "
+        "Uses the same journal as `run`; on_complete runs as in the daemon. Exit 0 if "
+        "all were fetched, 1 if any failed, 2 for a bad config.",
+        parents=[common],
+    )
+    p.add_argument("paths", nargs="*", type=Path, metavar="PATH")
+    p = command(
         "check",
         "validate the config and show each folder's settings",
         "Prints each folder with its resolved profile and the exact settings that will "
@@ -302,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     interactive = sys.stderr.isatty()
     level = args.log_level or (
-        "warning" if interactive and args.command == "submit" else "info"
+        "warning" if interactive and args.command in ("submit", "fetch") else "info"
     )
     fmt = None if args.log_format == "auto" else args.log_format == "json"
     configure_logging(json=fmt, level=level)
@@ -351,6 +361,31 @@ def cmd_submit(args: argparse.Namespace) -> int:
     print(
         f"submitted {len(summary.submitted)}, reused {len(summary.reused)}, "
         f"skipped {len(summary.skipped)} (sidecar present), failed {len(summary.failed)}"
+    )
+    for path, reason in sorted(summary.failed):
+        print(f"  failed: {path}: {reason}")
+    return summary.exit_code
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from ocrwatch.fetchbatch import FetchSummary, fetch_all, find_targets
+    from ocrwatch.jobloop import JobLoop
+    from ocrwatch.runtime import Runtime
+
+    config, credentials = load_settings(
+        config_path(args.config, os.environ), os.environ
+    )
+    summary = FetchSummary()
+    journal = Journal(config.journal_path)
+    try:
+        targets = find_targets(args.paths, config, journal, summary)
+        loop = JobLoop(journal, Runtime.build(config, credentials), one_shot=True)
+        fetch_all(loop, journal, targets, summary, progress=sys.stderr.isatty())
+    finally:
+        journal.close()
+    print(
+        f"fetched {len(summary.fetched)}, skipped {len(summary.skipped)} "
+        f"(results written already), failed {len(summary.failed)}"
     )
     for path, reason in sorted(summary.failed):
         print(f"  failed: {path}: {reason}")
@@ -515,5 +550,6 @@ COMMANDS = {
     "check": cmd_check,
     "status": cmd_status,
     "retry": cmd_retry,
+    "fetch": cmd_fetch,
     "emulator": cmd_emulator,
 }

@@ -525,12 +525,13 @@ class Journal:
         )
         return bool(rows)
 
-    def fetch_state(self, path: Path) -> tuple[str, str | None] | None:
-        """(state, last error) of one row, for `fetch` waiting on its files."""
+    def fetch_state(self, path: Path) -> tuple[str, str | None, float] | None:
+        """(state, last error, next poll or attempt) of one row, for `fetch` waiting on it."""
         rows = self._file.query(
-            "SELECT state, last_error FROM files WHERE path=?", (_key(path),)
+            "SELECT state, last_error, next_attempt_at FROM files WHERE path=?",
+            (_key(path),),
         )
-        return None if not rows else (rows[0][0], rows[0][1])
+        return None if not rows else (rows[0][0], rows[0][1], float(rows[0][2]))
 
     def mark_content(
         self, path: Path, sha256: str, settings_key: str, *, since: float

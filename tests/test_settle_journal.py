@@ -173,6 +173,8 @@ class TestJournal:
             "queued": 0,
             "submitting": 0,
             "submitted": 1,
+            "fetching": 0,
+            "completed": 0,
             "failed": 0,
             "rejected": 0,
         } == journal.counts()

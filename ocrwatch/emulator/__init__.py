@@ -177,6 +177,12 @@ class Emulator:
             if processing_s is not None:
                 self.state.processing_s = processing_s
 
+    def finish_tasks(self) -> None:
+        """Every task accepted so far is done now: Pending and Processing end at once."""
+        with self.state.lock:
+            for task in self.state.tasks.values():
+                task.pending_s = task.processing_s = 0.0
+
     def expire_tokens(self) -> None:
         """Revoke every issued token, as if they all expired early."""
         with self.state.lock:
