@@ -57,8 +57,12 @@ class HookCall:
         }
 
 
-def run_hook(call: HookCall) -> bool:
-    """Run one hook to its end or its timeout; True if it exited 0."""
+def run_hook(
+    call: HookCall, running: set[subprocess.Popen[bytes]] | None = None
+) -> bool:
+    """Run one hook to its end or its timeout; True if it exited 0. `running` holds it
+    while it runs, so that a stop can end it."""
+    running = set() if running is None else running
     started = time.monotonic()
     where = {"path": str(call.original), "guid": call.guid, "command": call.command[0]}
     try:
@@ -74,11 +78,11 @@ def run_hook(call: HookCall) -> bool:
     except OSError as exc:
         log.error("hook.failed", **where, error=f"cannot run it: {exc.strerror}")
         return False
+    running.add(proc)
     try:
         _, err = proc.communicate(timeout=call.timeout_s)
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill_group(proc)
         proc.communicate()
         log.error(
             "hook.failed",
@@ -86,7 +90,12 @@ def run_hook(call: HookCall) -> bool:
             error=f"killed after {call.timeout_s:g} s (on_complete_timeout)",
         )
         return False
+    finally:
+        running.discard(proc)
     took_ms = round((time.monotonic() - started) * 1000, 1)
+    if proc.returncode < 0:
+        log.error("hook.failed", **where, error=f"killed by signal {-proc.returncode}")
+        return False
     if proc.returncode != 0:
         text = err.decode("utf-8", "replace").strip()[-OUTPUT_MAX:]
         log.error(
@@ -101,6 +110,12 @@ def run_hook(call: HookCall) -> bool:
     return True
 
 
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """The hook and whatever it started (it leads its own process group)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 class HookRunner:
     """Runs hooks beside the job loop; `wait()` lets a one-shot command see them through."""
 
@@ -108,6 +123,7 @@ class HookRunner:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="hook")
         self._lock = threading.Lock()
         self._pending: set[Future[bool]] = set()
+        self._running: set[subprocess.Popen[bytes]] = set()
         self._stopped = False
 
     def start(self, call: HookCall) -> None:
@@ -115,7 +131,7 @@ class HookRunner:
             if self._stopped:
                 log.warning("hook.skipped", path=str(call.original), reason="stopping")
                 return
-            future = self._pool.submit(run_hook, call)
+            future = self._pool.submit(run_hook, call, self._running)
             self._pending.add(future)
         future.add_done_callback(self._done)
 
@@ -138,11 +154,13 @@ class HookRunner:
                 pending[0].result(timeout=left)
 
     def stop(self, timeout_s: float) -> None:
-        """Start no more; give those running `timeout_s` (each has its own timeout anyway)."""
+        """Start no more; give those running `timeout_s`, then end them (logged as killed)."""
         with self._lock:
             self._stopped = True
         self.wait(timeout_s)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for proc in list(self._running):
+            kill_group(proc)
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def hook_call(

@@ -211,7 +211,8 @@ def test_fetch_writes_the_text_of_files_that_only_have_a_guid(
     assert [expected_text(s) for s in scans] == [txt(s).read_text() for s in scans]
     assert "fetched 3, skipped 0" in out and "fetched 0, skipped 3" in out
     assert 3 == len(emulator.submissions())
-    assert "completed" == journal_entry(tmp_path / "state", scans[1]).state
+    entry = journal_entry(tmp_path / "state", scans[1])
+    assert entry is not None and "completed" == entry.state
 
 
 def test_fetch_exits_1_when_a_task_failed(emulator, tmp_path, inbox, capsys):

@@ -1,0 +1,173 @@
+"""on_complete: the command gets the original, the GUID and the result files; one that fails
+or hangs holds up no other file and loses no result; a `.ocrwatch.yaml` may not set one."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from ocrwatch.taskpoll import SCALE_ENV
+
+from .conftest import wait_until, write_config
+from .daemon_harness import daemon_thread, journal_entry
+from .images import png_bytes
+
+# Records its arguments and environment in OUT/<file name>.json; a file named hang* sleeps
+# (its pid in OUT/<name>.pid first), fail* exits 3.
+HOOK = """
+import json, os, sys, time
+from pathlib import Path
+out, original = Path(sys.argv[1]), Path(sys.argv[2])
+if original.name.startswith("hang"):
+    (out / (original.name + ".pid")).write_text(str(os.getpid()))
+    time.sleep(120)
+if original.name.startswith("fail"):
+    print("no space left for the copy", file=sys.stderr)
+    sys.exit(3)
+env = {k: v for k, v in os.environ.items() if k.startswith("OCRWATCH_")}
+(out / (original.name + ".json")).write_text(json.dumps({"argv": sys.argv[1:], "env": env}))
+"""
+
+
+@pytest.fixture(autouse=True)
+def _short_polls(monkeypatch):
+    monkeypatch.setenv(SCALE_ENV, "0.05")
+
+
+@pytest.fixture
+def hook(tmp_path: Path) -> tuple[Path, Path]:
+    script = tmp_path / "hook.py"
+    script.write_text(textwrap.dedent(HOOK))
+    out = tmp_path / "hook-out"
+    out.mkdir()
+    return script, out
+
+
+def hook_config(tmp_path, url, inbox, script, out, **profile):
+    return write_config(
+        tmp_path / "config.yaml",
+        url,
+        [{"path": str(inbox), "settle_seconds": 0.2}],
+        shutdown_timeout=2,
+        profiles={
+            "default": {
+                "fetch_results": True,
+                "resultType": "TextAndPdf",
+                "on_complete": [sys.executable, str(script), str(out)],
+                **profile,
+            }
+        },
+    )
+
+
+def test_on_complete_gets_the_file_the_guid_and_the_results(
+    emulator, tmp_path, inbox, hook
+):
+    """Arguments: the command's own, then the original, the GUID, the result files; the
+    environment: OCRWATCH_FILE, OCRWATCH_GUID, OCRWATCH_RESULTS (one per line), OCRWATCH_PROFILE."""
+    script, out = hook
+    config = hook_config(tmp_path, emulator.url, inbox, script, out)
+    scan = inbox / "scan.png"
+
+    with daemon_thread(config):
+        scan.write_bytes(png_bytes(1))
+        wait_until((out / "scan.png.json").exists, 20, "the hook's record")
+
+    seen = json.loads((out / "scan.png.json").read_text())
+    guid = (inbox / "scan.png.guid").read_text().strip()
+    results = [str(inbox / "scan.png.txt"), str(inbox / "scan.png.pdf")]
+    assert [str(out), str(scan), guid, *results] == seen["argv"]
+    assert {
+        "OCRWATCH_FILE": str(scan),
+        "OCRWATCH_GUID": guid,
+        "OCRWATCH_RESULTS": "\n".join(results),
+        "OCRWATCH_PROFILE": "default",
+    } == {k: v for k, v in seen["env"].items() if k != SCALE_ENV}
+
+
+def test_a_hook_that_fails_or_hangs_blocks_no_other_file(
+    emulator, tmp_path, inbox, hook
+):
+    """A hook that hangs and one that fails: the other files get their results and their
+    hooks while the hung one still runs; the failure is logged with its stderr; the results
+    of both stay."""
+    script, out = hook
+    config = hook_config(tmp_path, emulator.url, inbox, script, out)
+    names = ["hang.png", "fail.png", "ok-1.png", "ok-2.png", "ok-3.png"]
+
+    with capture_logs() as logs, daemon_thread(config):
+        for i, name in enumerate(names):
+            (inbox / name).write_bytes(png_bytes(10 + i))
+        wait_until(
+            lambda: all((out / f"ok-{i}.png.json").exists() for i in (1, 2, 3)),
+            20,
+            "the other hooks",
+        )
+        hung_pid = int((out / "hang.png.pid").read_text())
+        os.kill(hung_pid, 0)  # still hanging while the others were done
+
+    failed = [e for e in logs if e["event"] == "hook.failed"]
+    assert {"fail.png": "exit status 3"} == {
+        Path(e["path"]).name: e["error"] for e in failed if "exit" in e["error"]
+    }
+    assert any("no space left" in e.get("stderr", "") for e in failed)
+    assert all((inbox / f"{name}.txt").exists() for name in names)
+
+
+def test_a_hung_hook_is_killed_at_its_timeout(emulator, tmp_path, inbox, hook):
+    """on_complete_timeout: the hook's process group is killed and `hook.failed` says so."""
+    script, out = hook
+    config = hook_config(
+        tmp_path, emulator.url, inbox, script, out, on_complete_timeout=0.5
+    )
+
+    with capture_logs() as logs, daemon_thread(config):
+        (inbox / "hang.png").write_bytes(png_bytes(20))
+        wait_until(
+            lambda: any(e["event"] == "hook.failed" for e in logs), 20, "hook.failed"
+        )
+
+    [failed] = [e for e in logs if e["event"] == "hook.failed"]
+    assert "killed after 0.5 s (on_complete_timeout)" == failed["error"]
+    pid = int((out / "hang.png.pid").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert (inbox / "hang.png.txt").exists()
+
+
+def test_on_complete_in_an_override_file_is_refused(emulator, tmp_path, inbox, hook):
+    """A `.ocrwatch.yaml` that sets on_complete holds its folder's files with a reason that
+    names it and says only the main config may; nothing there is sent or run."""
+    script, out = hook
+    config = hook_config(tmp_path, emulator.url, inbox, script, out)
+    share = inbox / "share"
+    share.mkdir()
+    override = share / ".ocrwatch.yaml"
+    override.write_text(f"on_complete: [{sys.executable}, {script}, {out}]\n")
+    held, fine = share / "scan.png", inbox / "fine.png"
+
+    with daemon_thread(config):
+        held.write_bytes(png_bytes(30))
+        fine.write_bytes(png_bytes(31))
+        wait_until(
+            lambda: (entry := journal_entry(tmp_path / "state", held)) is not None
+            and entry.held,
+            20,
+            "the file held",
+        )
+        wait_until((out / "fine.png.json").exists, 20, "the other file's hook")
+
+    entry = journal_entry(tmp_path / "state", held)
+    assert entry is not None
+    assert (
+        f"held: {override}: on_complete: only the main config may set on_complete, "
+        "never a .ocrwatch.yaml"
+    ) in (entry.last_error or "")
+    assert 1 == len(emulator.submissions())
+    assert not (out / "scan.png.json").exists()
