@@ -260,3 +260,39 @@ def test_sighup_changes_profiles_and_removes_a_folder(tmp_path, inbox, emulator)
         r["settings"] for r in emulator.submissions()
     ]
     assert not (other / "ignored.png.guid").exists()
+
+
+def test_kill_9_while_100_files_are_fetching_then_all_complete_without_uploads(
+    tmp_path, inbox, emulator
+):
+    """SIGKILL while 100 files wait for their results (held in Processing), then a restart:
+    all 100 are completed from the journal's polls, and not one is uploaded again."""
+    from ocrwatch.taskpoll import SCALE_ENV
+
+    emulator.set_delays(processing_s=3600)
+    config = write_config(
+        tmp_path / "config.yaml",
+        emulator.url,
+        [{"path": str(inbox), "settle_seconds": 0.2}],
+        profiles={"default": {"fetch_results": True}},
+    )
+    log = tmp_path / "run.log"
+    state = tmp_path / "state"
+    proc = spawn(config, log, wait_started=True, **{SCALE_ENV: "0.05"})
+    for i in range(100):
+        write_png(inbox / f"scan-{i:03d}.png", i)
+    wait_until(
+        lambda: journal_counts(state)["fetching"] == 100, 60, "100 files fetching"
+    )
+    proc.kill()
+    proc.wait(10)
+    emulator.finish_tasks()
+
+    proc = spawn(config, log, **{SCALE_ENV: "0.05"})
+    wait_until(
+        lambda: journal_counts(state)["completed"] == 100, 60, "100 completed"
+    )
+    assert 0 == stop(proc)
+
+    assert 100 == len(emulator.submissions())
+    assert 100 == len(list(inbox.glob("*.png.txt")))
