@@ -251,6 +251,7 @@ class Daemon:
         depth: int | None = None
         age: float | None = None
         held: int | None = None
+        fetching: int | None = None
         try:
             counts = self.journal.counts()
             held = self.journal.held_count()
@@ -259,6 +260,7 @@ class Daemon:
             pass  # left out of this scrape; the main loop reports the journal's trouble
         else:
             depth = counts["queued"] + counts["failed"] + counts["submitting"]
+            fetching = counts["fetching"]
             age = 0.0 if since is None else max(0.0, self.clock() - since)
         return Gauges(
             queue_depth=depth,
@@ -269,6 +271,7 @@ class Daemon:
             workers_alive=health.workers_alive,
             in_flight=health.in_flight,
             paused=health.paused,
+            fetching=fetching,
         )
 
     def _status(self) -> str:

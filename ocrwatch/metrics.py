@@ -64,6 +64,7 @@ class Gauges:
     workers_alive: int
     in_flight: int
     paused: bool
+    fetching: int | None = None  # files waiting for their results
 
 
 class Metrics:
@@ -210,6 +211,11 @@ class _GaugeCollector(Collector):
             ),
             ("ocrwatch_workers_alive", "Upload threads alive.", g.workers_alive),
             ("ocrwatch_uploads_in_flight", "Files being processed now.", g.in_flight),
+            (
+                "ocrwatch_files_fetching",
+                "Files submitted with fetch_results whose results are not written yet.",
+                g.fetching,
+            ),
             (
                 "ocrwatch_paused",
                 "1 while uploads wait out refused credentials or senseless answers.",

@@ -35,7 +35,8 @@ def status_text(
     else:
         text = (
             f"queued {counts.get('queued', 0)}, in flight {in_flight}, "
-            f"submitted {counts.get('submitted', 0)}, failed {counts.get('failed', 0)}, "
+            f"submitted {counts.get('submitted', 0)}, fetching {counts.get('fetching', 0)}, "
+            f"completed {counts.get('completed', 0)}, failed {counts.get('failed', 0)}, "
             f"rejected {counts.get('rejected', 0)}, held {held}"
         )
     if paused:

@@ -289,9 +289,7 @@ def test_kill_9_while_100_files_are_fetching_then_all_complete_without_uploads(
     emulator.finish_tasks()
 
     proc = spawn(config, log, **{SCALE_ENV: "0.05"})
-    wait_until(
-        lambda: journal_counts(state)["completed"] == 100, 60, "100 completed"
-    )
+    wait_until(lambda: journal_counts(state)["completed"] == 100, 60, "100 completed")
     assert 0 == stop(proc)
 
     assert 100 == len(emulator.submissions())

@@ -27,9 +27,7 @@ def _short_polls(monkeypatch):
     monkeypatch.setenv(SCALE_ENV, "0.05")
 
 
-def fetch_config(
-    tmp_path: Path, url: str, inbox: Path, **profile: Any
-) -> Path:
+def fetch_config(tmp_path: Path, url: str, inbox: Path, **profile: Any) -> Path:
     return write_config(
         tmp_path / "config.yaml",
         url,
@@ -57,9 +55,7 @@ def test_fifty_files_each_get_their_own_text(emulator, tmp_path, inbox):
     with daemon_thread(config):
         for i, scan in enumerate(scans):
             scan.write_bytes(png_bytes(i))
-        wait_until(
-            lambda: all(txt(s).exists() for s in scans), 60, "50 .txt files"
-        )
+        wait_until(lambda: all(txt(s).exists() for s in scans), 60, "50 .txt files")
 
     assert all(s.with_name(s.name + ".guid").exists() for s in scans)
     assert [expected_text(s) for s in scans] == [txt(s).read_text() for s in scans]
@@ -108,8 +104,9 @@ def test_a_pdf_goes_to_recognize_pdf_and_result_files_are_never_sent(
         doc.write_bytes(pdf_bytes(seed=3))
         scan.write_bytes(png_bytes(3))
         wait_until(
-            lambda: (inbox / "doc.pdf.pdf").exists()
-            and (inbox / "scan.png.pdf").exists(),
+            lambda: (
+                (inbox / "doc.pdf.pdf").exists() and (inbox / "scan.png.pdf").exists()
+            ),
             20,
             "both result PDFs",
         )
@@ -160,7 +157,8 @@ def test_not_exist_is_sent_exactly_once_more(emulator, tmp_path, inbox):
 
     per_file = [r["image_sha256"] for r in emulator.submissions()]
     assert [2, 2] == [
-        per_file.count(hashlib.sha256(f.read_bytes()).hexdigest()) for f in (once, twice)
+        per_file.count(hashlib.sha256(f.read_bytes()).hexdigest())
+        for f in (once, twice)
     ]
     assert "lost the task twice" in (inbox / "twice.png.error").read_text()
     assert 2 == sum(1 for e in logs if e["event"] == "job.resubmitted")
@@ -193,7 +191,9 @@ def test_fetch_writes_the_text_of_files_that_only_have_a_guid(
 ):
     """Files sent without fetch_results have only a `.guid`; `ocrwatch fetch` (no PATH:
     the configured folders) writes their text and exits 0; a second run skips them."""
-    config = write_config(tmp_path / "config.yaml", emulator.url, [{"path": str(inbox)}])
+    config = write_config(
+        tmp_path / "config.yaml", emulator.url, [{"path": str(inbox)}]
+    )
     sub = inbox / "sub"
     sub.mkdir()
     scans = [inbox / "a.png", sub / "b.png", inbox / "c.pdf"]
@@ -217,12 +217,16 @@ def test_fetch_writes_the_text_of_files_that_only_have_a_guid(
 
 def test_fetch_exits_1_when_a_task_failed(emulator, tmp_path, inbox, capsys):
     """`ocrwatch fetch` of a task that ended in Error: the `.error`, and exit 1."""
-    config = write_config(tmp_path / "config.yaml", emulator.url, [{"path": str(inbox)}])
+    config = write_config(
+        tmp_path / "config.yaml", emulator.url, [{"path": str(inbox)}]
+    )
     good, bad = inbox / "good.png", inbox / "bad.png"
     good.write_bytes(png_bytes(20))
     bad.write_bytes(png_bytes(21))
     assert 0 == main(["submit", "-c", str(config), str(good), str(bad)])
-    emulator.fail_task((inbox / "bad.png.guid").read_text().strip(), messages=("no text",))
+    emulator.fail_task(
+        (inbox / "bad.png.guid").read_text().strip(), messages=("no text",)
+    )
 
     code = main(["fetch", "-c", str(config), str(good), str(bad)])
 
@@ -230,3 +234,46 @@ def test_fetch_exits_1_when_a_task_failed(emulator, tmp_path, inbox, capsys):
     assert txt(good).exists() and not txt(bad).exists()
     assert "no text" in (inbox / "bad.png.error").read_text()
     assert "failed: " + str(bad) in capsys.readouterr().out
+
+
+def test_status_and_metrics_count_fetching_and_completed(emulator, tmp_path, inbox):
+    """`status --json` counts `fetching` and `completed`; /metrics counts polls, results
+    written and fetch failures, and gauges the files still fetching."""
+    from .daemon_harness import status_json
+    from .test_metrics import scrape, value
+
+    config = write_config(
+        tmp_path / "config.yaml",
+        emulator.url,
+        [{"path": str(inbox), "settle_seconds": 0.2}],
+        profiles={"default": {"fetch_results": True}},
+        metrics={"listen": "127.0.0.1:0"},
+    )
+    done, bad, waiting = inbox / "done.png", inbox / "bad.png", inbox / "waiting.png"
+
+    with daemon_thread(config) as daemon:
+        address = str(daemon.endpoint.address)
+        done.write_bytes(png_bytes(40))
+        wait_until(lambda: txt(done).exists(), 20, "the first text")
+        emulator.fail_next_task(messages=("unreadable",))
+        bad.write_bytes(png_bytes(41))
+        wait_until((inbox / "bad.png.error").exists, 20, ".error")
+        emulator.script_next_tasks(TaskScript(processing_s=3600))
+        waiting.write_bytes(png_bytes(42))
+        wait_until(
+            lambda: journal_counts(tmp_path / "state")["fetching"] == 1, 20, "fetching"
+        )
+        report = status_json(config)
+        samples = scrape(address)
+
+    assert (1, 1, 1) == (
+        report["counts"]["completed"],
+        report["counts"]["fetching"],
+        report["counts"]["rejected"],
+    )
+    assert (1.0, 1.0, 1.0) == (
+        value(samples, "ocrwatch_results_fetched_total"),
+        value(samples, "ocrwatch_fetch_failed_total"),
+        value(samples, "ocrwatch_files_fetching"),
+    )
+    assert value(samples, "ocrwatch_result_polls_total") >= 3

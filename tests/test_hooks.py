@@ -156,8 +156,10 @@ def test_on_complete_in_an_override_file_is_refused(emulator, tmp_path, inbox, h
         held.write_bytes(png_bytes(30))
         fine.write_bytes(png_bytes(31))
         wait_until(
-            lambda: (entry := journal_entry(tmp_path / "state", held)) is not None
-            and entry.held,
+            lambda: (
+                (entry := journal_entry(tmp_path / "state", held)) is not None
+                and entry.held
+            ),
             20,
             "the file held",
         )

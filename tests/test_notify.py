@@ -457,14 +457,22 @@ class TestProgress:
 
     def test_the_status_line_has_queue_counts_and_trouble(self):
         """What `systemctl status` shows: the queue, the counts, a pause and why pings stopped."""
-        counts = {"queued": 3, "submitted": 120, "failed": 1, "rejected": 2}
+        counts = {
+            "queued": 3,
+            "submitted": 120,
+            "fetching": 5,
+            "completed": 80,
+            "failed": 1,
+            "rejected": 2,
+        }
 
         text = status_text(
             counts, 4, 1, paused=True, problems=("job-0 is not running",)
         )
 
         assert (
-            "queued 3, in flight 1, submitted 120, failed 1, rejected 2, held 4; "
+            "queued 3, in flight 1, submitted 120, fetching 5, completed 80, failed 1, "
+            "rejected 2, held 4; "
             "uploads paused; watchdog withheld: job-0 is not running"
         ) == text
 
