@@ -26,7 +26,7 @@ from ocrwatch.config import (
 from ocrwatch.errors import ApiError, ConfigError, OcrwatchError
 from ocrwatch.journal import Journal, journal_exists
 from ocrwatch.log import configure_logging
-from ocrwatch.profiles import resolve_profile
+from ocrwatch.profiles import resolve_fetch, resolve_profile
 
 if TYPE_CHECKING:
     from ocrwatch.emulator import Emulator, Faults
@@ -417,6 +417,15 @@ def cmd_check(args: argparse.Namespace) -> int:
         )
         print(f"folder: {folder.path}{exists}")
         print(f"  profile: {folder.profile} {json.dumps(settings)}")
+        fetch = resolve_fetch(folder.profile, config.profiles)
+        if fetch.enabled or fetch.on_complete:
+            hook = (
+                f", on_complete {list(fetch.on_complete)}" if fetch.on_complete else ""
+            )
+            print(
+                f"  results: {'fetched' if fetch.enabled else 'not fetched'}, "
+                f"fetch_timeout {fetch.timeout_s:g}s{hook}"
+            )
         print(
             f"  {watch}, {'recursive' if folder.recursive else 'top level only'}, settle {folder.settle_seconds:g}s"
         )

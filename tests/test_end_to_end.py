@@ -267,9 +267,9 @@ def test_kill_9_while_100_files_are_fetching_then_all_complete_without_uploads(
 ):
     """SIGKILL while 100 files wait for their results (held in Processing), then a restart:
     all 100 are completed from the journal's polls, and not one is uploaded again."""
-    from ocrwatch.taskpoll import SCALE_ENV
-
-    emulator.set_delays(processing_s=3600)
+    emulator.set_delays(
+        processing_s=3600
+    )  # OCRWATCH_POLL_SCALE: polls every 0.1-0.75 s
     config = write_config(
         tmp_path / "config.yaml",
         emulator.url,
@@ -278,7 +278,7 @@ def test_kill_9_while_100_files_are_fetching_then_all_complete_without_uploads(
     )
     log = tmp_path / "run.log"
     state = tmp_path / "state"
-    proc = spawn(config, log, wait_started=True, **{SCALE_ENV: "0.05"})
+    proc = spawn(config, log, wait_started=True, OCRWATCH_POLL_SCALE="0.05")
     for i in range(100):
         write_png(inbox / f"scan-{i:03d}.png", i)
     wait_until(
@@ -288,7 +288,7 @@ def test_kill_9_while_100_files_are_fetching_then_all_complete_without_uploads(
     proc.wait(10)
     emulator.finish_tasks()
 
-    proc = spawn(config, log, **{SCALE_ENV: "0.05"})
+    proc = spawn(config, log, OCRWATCH_POLL_SCALE="0.05")
     wait_until(lambda: journal_counts(state)["completed"] == 100, 60, "100 completed")
     assert 0 == stop(proc)
 

@@ -17,7 +17,7 @@ from ocrwatch.emulator.state import TaskScript
 from ocrwatch.taskpoll import SCALE_ENV
 
 from .conftest import wait_until, write_config
-from .daemon_harness import daemon_thread, journal_entry, journal_counts
+from .daemon_harness import daemon_thread, journal_counts, journal_entry
 from .images import pdf_bytes, png_bytes
 
 
@@ -183,7 +183,8 @@ def test_past_the_deadline_fails_and_retry_fetches_again(emulator, tmp_path, inb
     assert "no result after 1 s" in reason
     assert expected_text(scan) == txt(scan).read_text()
     assert 1 == len(emulator.submissions())
-    assert (inbox / "scan.png.guid").exists() and not error.exists()
+    assert (inbox / "scan.png.guid").exists()
+    assert not error.exists()
 
 
 def test_fetch_writes_the_text_of_files_that_only_have_a_guid(
@@ -209,10 +210,12 @@ def test_fetch_writes_the_text_of_files_that_only_have_a_guid(
     out = capsys.readouterr().out
     assert (0, 0) == (first, again)
     assert [expected_text(s) for s in scans] == [txt(s).read_text() for s in scans]
-    assert "fetched 3, skipped 0" in out and "fetched 0, skipped 3" in out
+    assert "fetched 3, skipped 0" in out
+    assert "fetched 0, skipped 3" in out
     assert 3 == len(emulator.submissions())
     entry = journal_entry(tmp_path / "state", scans[1])
-    assert entry is not None and "completed" == entry.state
+    assert entry is not None
+    assert "completed" == entry.state
 
 
 def test_fetch_exits_1_when_a_task_failed(emulator, tmp_path, inbox, capsys):
@@ -231,7 +234,8 @@ def test_fetch_exits_1_when_a_task_failed(emulator, tmp_path, inbox, capsys):
     code = main(["fetch", "-c", str(config), str(good), str(bad)])
 
     assert 1 == code
-    assert txt(good).exists() and not txt(bad).exists()
+    assert txt(good).exists()
+    assert not txt(bad).exists()
     assert "no text" in (inbox / "bad.png.error").read_text()
     assert "failed: " + str(bad) in capsys.readouterr().out
 
