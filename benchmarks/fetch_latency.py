@@ -9,7 +9,6 @@ CPU is reported, to show it is not the bottleneck. Usage: python benchmarks/fetc
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import time
@@ -69,8 +68,8 @@ def main(n: int) -> None:
         assert proc.wait(60) == 0
         text_s, ideal_s, upload_ms = [], [], []
         for name, t in arrived.items():
-            guid_at = os.stat(inbox / (name + ".guid")).st_mtime_ns / 1e9
-            text_at = os.stat(inbox / (name + ".txt")).st_mtime_ns / 1e9
+            guid_at = (inbox / (name + ".guid")).stat().st_mtime_ns / 1e9
+            text_at = (inbox / (name + ".txt")).stat().st_mtime_ns / 1e9
             upload = max(0.0, guid_at - t - SETTLE_S)
             upload_ms.append(upload * 1000)
             text_s.append(text_at - t)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ocrwatch.config import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, Config, FolderConfig
 from ocrwatch.errors import JournalError
 from ocrwatch.jobloop import JobLoop
-from ocrwatch.journal import DONE_STATES, Entry, Job, Journal
+from ocrwatch.journal import ACCEPTED_STATES, DONE_STATES, Entry, Job, Journal
 from ocrwatch.outcome import Outcome, restore_guid
 from ocrwatch.selection import deepest_root, is_result_file, walk_candidates
 from ocrwatch.sidecar import (
@@ -186,7 +186,7 @@ def _not_claimed(
 ) -> None:
     """Another process has it in flight, or it was submitted with this content already."""
     entry = _wait_while_submitting(job, journal, stopping)
-    if entry is not None and entry.state == "submitted" and entry.guid:
+    if entry is not None and entry.state in ACCEPTED_STATES and entry.guid:
         if not sidecar_path(job.path, Kind.GUID).exists():
             # Its .guid was lost: the journal still knows it.
             restore_guid(job.path, entry.guid)

@@ -17,7 +17,7 @@ import structlog
 
 from ocrwatch.config import FolderConfig
 from ocrwatch.errors import JournalError
-from ocrwatch.journal import DONE_STATES, Entry, Journal
+from ocrwatch.journal import ACCEPTED_STATES, DONE_STATES, Entry, Journal
 from ocrwatch.selection import Found, walk_candidates
 from ocrwatch.sidecar import NO_ERROR_NOTE, has_current_sidecar
 
@@ -61,7 +61,7 @@ def lost_sidecar_guid(found: Found, known: Entry | None) -> str | None:
     """
     if (
         known is None
-        or known.state != "submitted"
+        or known.state not in ACCEPTED_STATES
         or not known.guid
         or found.sidecar_mtime_ns is not None
     ):

@@ -27,6 +27,8 @@ log = structlog.get_logger()
 
 HOOK_THREADS: Final = 2
 OUTPUT_MAX: Final = 400  # of a failed hook's stderr, in its log line
+# Never handed to a hook: the client secret, and where systemd keeps it.
+SECRET_ENV: Final = frozenset({"OCRWATCH_CLIENT_SECRET", "CREDENTIALS_DIRECTORY"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +50,9 @@ class HookCall:
         ]
 
     def environment(self, base: Mapping[str, str]) -> dict[str, str]:
+        """The daemon's environment without its secrets, and the file's facts."""
         return {
-            **base,
+            **{k: v for k, v in base.items() if k not in SECRET_ENV},
             "OCRWATCH_FILE": os.fspath(self.original),
             "OCRWATCH_GUID": self.guid,
             "OCRWATCH_RESULTS": "\n".join(map(os.fspath, self.results)),

@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from ocrwatch.taskpoll import SCALE_ENV
 
-from .conftest import wait_until, write_config
+from .conftest import SECRET, wait_until, write_config
 from .daemon_harness import daemon_thread, journal_entry
 from .images import png_bytes
 
@@ -67,13 +67,15 @@ def hook_config(tmp_path, url, inbox, script, out, **profile):
 
 
 def test_on_complete_gets_the_file_the_guid_and_the_results(
-    emulator, tmp_path, inbox, hook
+    emulator, tmp_path, inbox, hook, monkeypatch
 ):
     """Arguments: the command's own, then the original, the GUID, the result files; the
-    environment: OCRWATCH_FILE, OCRWATCH_GUID, OCRWATCH_RESULTS (one per line), OCRWATCH_PROFILE."""
+    environment: OCRWATCH_FILE, OCRWATCH_GUID, OCRWATCH_RESULTS (one per line), OCRWATCH_PROFILE,
+    and never the client secret."""
     script, out = hook
     config = hook_config(tmp_path, emulator.url, inbox, script, out)
     scan = inbox / "scan.png"
+    monkeypatch.setenv("OCRWATCH_CLIENT_SECRET", SECRET)  # the daemon's, not the hook's
 
     with daemon_thread(config):
         scan.write_bytes(png_bytes(1))
