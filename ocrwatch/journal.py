@@ -119,6 +119,10 @@ CLAIM_POLL_SQL: Final = (
     " AND claimed_by IS NULL AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT 1)"
     f" RETURNING {POLL_COLUMNS}"
 )
+POLL_DUE_SQL: Final = (
+    "SELECT 1 FROM files INDEXED BY files_polls WHERE state='fetching'"
+    " AND claimed_by IS NULL AND next_attempt_at <= ? LIMIT 1"
+)
 CLAIM_POLL_OF_SQL: Final = (
     "UPDATE files SET claimed_by=?, updated_at=? WHERE path=? AND state='fetching'"
     f" AND claimed_by IS NULL AND next_attempt_at <= ? RETURNING {POLL_COLUMNS}"
@@ -436,6 +440,10 @@ class Journal:
             if (poll := _poll(rows)) is not None:
                 on_claimed(poll)
 
+        # A read first: every upload claim comes here, and most find no poll due; a read
+        # takes no write lock from the `submit`s beside the daemon.
+        if not self._file.query(POLL_DUE_SQL, (now,)):
+            return None
         return _poll(
             self._file.write(CLAIM_POLL_SQL, (this_process(), now, now), claimed)
         )
