@@ -175,3 +175,46 @@ def test_on_complete_in_an_override_file_is_refused(emulator, tmp_path, inbox, h
     ) in (entry.last_error or "")
     assert 1 == len(emulator.submissions())
     assert not (out / "scan.png.json").exists()
+
+
+def test_on_complete_as_a_string_is_a_config_error(tmp_path, inbox, capsys):
+    """on_complete is a list (no shell): a string is refused at `check`, exit 2, one sentence."""
+    from ocrwatch.cli import main
+
+    config = write_config(
+        tmp_path / "config.yaml",
+        "http://127.0.0.1:9",
+        [{"path": str(inbox)}],
+        profiles={"default": {"on_complete": "cp $1 /tmp"}},
+    )
+
+    code = main(["check", "-c", str(config)])
+
+    assert 2 == code
+    assert (
+        f"ocrwatch: {config}: profiles.default.on_complete: give the command as a list of "
+        "strings (no shell)"
+    ) in capsys.readouterr().err
+
+
+def test_an_override_file_may_turn_fetching_off(emulator, tmp_path, inbox, hook):
+    """`fetch_results: false` in a `.ocrwatch.yaml`: that folder's files end `submitted`
+    with only their `.guid`, and no hook runs for them."""
+    script, out = hook
+    config = hook_config(tmp_path, emulator.url, inbox, script, out)
+    plain = inbox / "plain"
+    plain.mkdir()
+    (plain / ".ocrwatch.yaml").write_text("fetch_results: false\n")
+    scan, other = plain / "scan.png", inbox / "other.png"
+
+    with daemon_thread(config):
+        scan.write_bytes(png_bytes(40))
+        wait_until((plain / "scan.png.guid").exists, 20, "the .guid")
+        other.write_bytes(png_bytes(41))
+        wait_until((out / "other.png.json").exists, 20, "the other file's hook")
+
+    entry = journal_entry(tmp_path / "state", scan)
+    assert entry is not None
+    assert "submitted" == entry.state
+    assert not (plain / "scan.png.txt").exists()
+    assert not (out / "scan.png.json").exists()
