@@ -281,3 +281,20 @@ def test_status_and_metrics_count_fetching_and_completed(emulator, tmp_path, inb
         value(samples, "ocrwatch_files_fetching"),
     )
     assert value(samples, "ocrwatch_result_polls_total") >= 3
+
+
+def test_a_copy_reuses_the_task_and_gets_its_own_results(emulator, tmp_path, inbox):
+    """The same content under another name (dedupe) is not uploaded again: it gets the GUID
+    and the results of the task the first one made."""
+    config = fetch_config(tmp_path, emulator.url, inbox)
+    first, copy = inbox / "first.png", inbox / "copy.png"
+
+    with daemon_thread(config):
+        first.write_bytes(png_bytes(50))
+        wait_until(lambda: txt(first).exists(), 20, "the first text")
+        copy.write_bytes(png_bytes(50))
+        wait_until(lambda: txt(copy).exists(), 20, "the copy's text")
+
+    assert 1 == len(emulator.submissions())
+    assert txt(first).read_text() == txt(copy).read_text()
+    assert (inbox / "first.png.guid").read_text() == (inbox / "copy.png.guid").read_text()
