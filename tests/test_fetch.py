@@ -297,4 +297,6 @@ def test_a_copy_reuses_the_task_and_gets_its_own_results(emulator, tmp_path, inb
 
     assert 1 == len(emulator.submissions())
     assert txt(first).read_text() == txt(copy).read_text()
-    assert (inbox / "first.png.guid").read_text() == (inbox / "copy.png.guid").read_text()
+    assert (inbox / "first.png.guid").read_text() == (
+        inbox / "copy.png.guid"
+    ).read_text()
