@@ -11,6 +11,7 @@ started with.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 import threading
@@ -121,6 +122,7 @@ class JobLoop:
         self._beats = Heartbeats()
         # Polls in flight: kept apart from uploads, which a rebuilt journal gets back.
         self._polling: dict[Path, Poll] = {}
+        self._turns = itertools.count()  # whose turn, a poll's or an upload's
         self.hooks = HookRunner()
         self._fetcher = Fetcher(
             self._recorder, self.hooks, clock=clock, metrics=self._metrics
@@ -216,21 +218,30 @@ class JobLoop:
         return not any(t.is_alive() for t in threads)
 
     def step(self) -> Result | None:
-        """Claim the next due job and process it; None if none is due or uploads are paused."""
+        """Claim the next due poll or upload and process it; None if none is due or uploads
+        are paused."""
         now = self._clock()
         if now < self._paused_until:
             return None
         if 0 < self._noted_until <= now:
             self._note_pause(None, ended_by=now)
-        # A due poll first: it is one short GET, and a result waiting is a scan waiting.
-        with self._claim_lock:
-            poll = self._journal.claim_poll(now, on_claimed=self._begin_poll)
-        if poll is not None:
-            return self.process_poll(poll)
+        # Polls and uploads take turns when both are due: a poll is one short GET and a
+        # result waiting is a scan waiting, but a long backlog of polls (a slow service)
+        # must not hold back the uploads, nor a burst of uploads the results.
+        polls_first = next(self._turns) % 2 == 0
+        if polls_first and (result := self._step_poll(now)) is not None:
+            return result
         with self._claim_lock:
             job = self._journal.claim(now, on_claimed=self._begin)
         self._journal_is_back()  # a claim went through, whether or not one was due
-        return None if job is None else self.process(job)
+        if job is not None:
+            return self.process(job)
+        return None if polls_first else self._step_poll(now)
+
+    def _step_poll(self, now: float) -> Result | None:
+        with self._claim_lock:
+            poll = self._journal.claim_poll(now, on_claimed=self._begin_poll)
+        return None if poll is None else self.process_poll(poll)
 
     def resume_orphans(self) -> int:
         """Queue again the rows that a process that is gone left `submitting`, and this
