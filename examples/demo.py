@@ -46,6 +46,7 @@ def main() -> int:
         f"state_dir: {work / 'state'}\n"
         f"folders:\n  - path: {inbox}\n    settle_seconds: 1\n"
         "profiles:\n  default:\n    language: English\n    resultType: Text\n"
+        "    fetch_results: true\n"
     )
     print(f"emulator on {url}; config {config}", flush=True)
     daemon = subprocess.Popen(
@@ -55,12 +56,13 @@ def main() -> int:
         for sample in samples:
             shutil.copy(sample, inbox / sample.name)
         print(
-            f"copied {len(samples)} sample scans into {inbox}; waiting for their sidecars...",
+            f"copied {len(samples)} sample scans into {inbox}; waiting for their text...",
             flush=True,
         )
         deadline = time.monotonic() + 60
         pending = [inbox / (s.name + ".guid") for s in samples]
-        while any(not p.exists() for p in pending):
+        texts = [inbox / (s.name + ".txt") for s in samples]
+        while any(not p.exists() for p in [*pending, *texts]):
             if time.monotonic() > deadline or daemon.poll() is not None:
                 print(
                     "the samples were not all submitted; see the log above",
@@ -70,12 +72,9 @@ def main() -> int:
             time.sleep(0.2)
         for path in pending:
             print(f"{path.name}: {path.read_text().strip()}")
-        text = fetch_text(config, pending[0].read_text().strip())
-        print(
-            f"recognized text of {samples[0].name}: {text}"
-            if text is not None
-            else f"no text came back for {samples[0].name}; see the log above"
-        )
+        text = texts[0].read_text().strip()
+        print(f"recognized text of {samples[0].name}: {text}")
+        print(f"  (written next to it as {texts[0]}, one .txt per scan)")
         if args.once:
             return 0
         print(f"\nwatching {inbox}: drop images there; Ctrl-C to stop", flush=True)
@@ -98,20 +97,9 @@ def forget_previous_run(work: Path, inbox: Path, samples: list[Path]) -> None:
     the samples and shows its own GUIDs and text. Other files in the inbox stay."""
     shutil.rmtree(work / "state", ignore_errors=True)
     for sample in samples:
-        for name in (sample.name, f"{sample.name}.guid", f"{sample.name}.error"):
+        for suffix in ("", ".guid", ".error", ".txt"):
+            name = sample.name + suffix
             (inbox / name).unlink(missing_ok=True)
-
-
-def fetch_text(config: Path, guid: str) -> str | None:
-    """The task's text, fetched the way a user's script would, with ocrwatch's own client."""
-    import os
-
-    from ocrwatch.client import OcrClient
-    from ocrwatch.config import load_config, resolve_credentials
-
-    loaded = load_config(config)
-    client = OcrClient(loaded.api, resolve_credentials(loaded, os.environ, str(config)))
-    return client.wait_for_result(guid).text
 
 
 if __name__ == "__main__":
