@@ -411,7 +411,7 @@ class Recorder:
             log.warning("result.skipped", path=str(poll.path), reason=skipped.reason)
         if task.warnings:
             log.warning(
-                "task.warnings", path=str(poll.path), warnings=list(task.warnings)
+                "task.warned", path=str(poll.path), warnings=list(task.warnings)
             )
         self._metrics.result_fetched()
         log.info(

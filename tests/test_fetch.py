@@ -341,3 +341,21 @@ def test_fetch_on_a_terminal_shows_a_progress_bar(emulator, tmp_path, inbox):
     assert "3/3" in text
     assert "fetched 3, skipped 0 (results written already), failed 0" in text
     assert "job.completed" not in text
+
+
+def test_the_services_warnings_are_logged_and_the_result_kept(
+    emulator, tmp_path, inbox
+):
+    """error.warnings beside a Completed task are logged (`task.warned`); the text is written."""
+    config = fetch_config(tmp_path, emulator.url, inbox)
+    emulator.warn_next_task("The image is skewed.")
+    scan = inbox / "scan.png"
+
+    with capture_logs() as logs, daemon_thread(config):
+        scan.write_bytes(png_bytes(70))
+        wait_until(lambda: txt(scan).exists(), 20, "the text")
+
+    assert [["The image is skewed."]] == [
+        e["warnings"] for e in logs if e["event"] == "task.warned"
+    ]
+    assert expected_text(scan) == txt(scan).read_text()
