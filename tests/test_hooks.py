@@ -218,3 +218,29 @@ def test_an_override_file_may_turn_fetching_off(emulator, tmp_path, inbox, hook)
     assert "submitted" == entry.state
     assert not (plain / "scan.png.txt").exists()
     assert not (out / "scan.png.json").exists()
+
+
+def test_check_shows_each_folders_result_keys(tmp_path, inbox, capsys):
+    """`check` prints whether a folder's results are fetched, the timeout and the hook."""
+    from ocrwatch.cli import main
+
+    config = write_config(
+        tmp_path / "config.yaml",
+        "http://127.0.0.1:9",
+        [{"path": str(inbox)}],
+        profiles={
+            "default": {
+                "fetch_results": True,
+                "fetch_timeout": "5m",
+                "on_complete": ["/usr/local/bin/done", "--quiet"],
+            }
+        },
+    )
+
+    code = main(["check", "-c", str(config)])
+
+    assert 0 == code
+    assert (
+        "  results: fetched, fetch_timeout 300s, on_complete ['/usr/local/bin/done', '--quiet']"
+        in capsys.readouterr().out.splitlines()
+    )
