@@ -27,8 +27,17 @@ log = structlog.get_logger()
 
 HOOK_THREADS: Final = 2
 OUTPUT_MAX: Final = 400  # of a failed hook's stderr, in its log line
-# Never handed to a hook: the client secret, and where systemd keeps it.
-SECRET_ENV: Final = frozenset({"OCRWATCH_CLIENT_SECRET", "CREDENTIALS_DIRECTORY"})
+# Never handed to a hook: the client secret, where systemd keeps it, and the daemon's line
+# to systemd (a hook could otherwise say READY or WATCHDOG for the daemon).
+SECRET_ENV: Final = frozenset(
+    {
+        "OCRWATCH_CLIENT_SECRET",
+        "CREDENTIALS_DIRECTORY",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,11 @@ if original.name.startswith("hang"):
 if original.name.startswith("fail"):
     print("no space left for the copy", file=sys.stderr)
     sys.exit(3)
-env = {k: v for k, v in os.environ.items() if k.startswith("OCRWATCH_")}
+env = {
+    k: v
+    for k, v in os.environ.items()
+    if k.startswith("OCRWATCH_") or k in ("NOTIFY_SOCKET", "CREDENTIALS_DIRECTORY")
+}
 (out / (original.name + ".json")).write_text(json.dumps({"argv": sys.argv[1:], "env": env}))
 """
 
@@ -76,6 +80,8 @@ def test_on_complete_gets_the_file_the_guid_and_the_results(
     config = hook_config(tmp_path, emulator.url, inbox, script, out)
     scan = inbox / "scan.png"
     monkeypatch.setenv("OCRWATCH_CLIENT_SECRET", SECRET)  # the daemon's, not the hook's
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "creds"))  # likewise
+    monkeypatch.setenv("NOTIFY_SOCKET", "@not-for-hooks")  # the daemon's line to systemd
 
     with daemon_thread(config):
         scan.write_bytes(png_bytes(1))
