@@ -162,12 +162,23 @@ def _fetch_one(
     policy = _policy(loop, job)
     pdf = _is_pdf(job.path)
     journal.start_fetch(job, target.guid, Fetch(policy.timeout_s, 0.0, pdf), clock())
+    # The daemon polls through an outage for as long as it lasts; a command gives up at the
+    # deadline with the last trouble, and leaves the file waiting for its result.
+    deadline = clock() + policy.timeout_s
     while not stopping.is_set():
         state = journal.fetch_state(job.path)
         if state is None:
             summary.failed.append((job.path, "it went away"))
             return
         name, error, due = state
+        if name == "fetching" and error and clock() >= deadline:
+            summary.failed.append(
+                (
+                    job.path,
+                    f"no result in {policy.timeout_s:g} s ({error}); try again later",
+                )
+            )
+            return
         if name == "completed":
             summary.fetched.append(job.path)
             return

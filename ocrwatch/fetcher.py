@@ -61,14 +61,17 @@ class Fetcher:
         except JournalError:
             raise
         except OcrwatchError as exc:
-            # Transient trouble, refused credentials, an odd answer: the next poll asks again.
+            # Transient trouble, refused credentials, an odd answer: no word about the task,
+            # so the next poll asks again. fetch_timeout is for a service that answers "not
+            # yet"; an outage never turns a billed task into an `.error` (past the deadline
+            # it is asked every max_s until the service answers).
             now = self._clock()
             decision = again(poll.polls, poll.deadline, poll.fetch_s, now, runtime.poll)
-            if decision.next is Next.TIMEOUT:
-                why = f"{decision.reason} (last try: {exc})"
-                return rec.fetch_failed(poll, why, runtime, refetch=True)
+            at = (
+                decision.at if decision.next is Next.AGAIN else now + runtime.poll.max_s
+            )
             log.info("poll.failed", path=str(poll.path), guid=poll.guid, error=str(exc))
-            return rec.poll_again(poll, decision.at, str(exc))
+            return rec.poll_again(poll, at, str(exc))
         decision = decide(
             task.status,
             messages=task.messages,

@@ -480,11 +480,17 @@ class Journal:
         self, path: Path, *, reason: str, refetch: bool, now: float
     ) -> None:
         """No result will come (Error, lost twice) or came in time (`refetch`: `retry` asks
-        the service again rather than uploading)."""
+        the service again rather than uploading).
+
+        A task that will never have a result is no dedupe source any more: a `retry`, or a
+        copy of the file, must upload anew, not reuse the dead task's GUID.
+        """
+        dead = "" if refetch else ", sha256=NULL, settings_key=NULL, accepted_at=NULL"
         self._set(
             path,
             now,
-            "state='rejected', last_error=?, refetch=?, polls=polls+1, claimed_by=NULL",
+            "state='rejected', last_error=?, refetch=?, polls=polls+1, claimed_by=NULL"
+            + dead,
             (_text(reason), refetch),
         )
 
@@ -782,9 +788,10 @@ class Journal:
                 if row is not None:
                     done.append(path)
                     continue
+                # A new start: a task the service loses gets its one resubmission again.
                 row = db.execute(
                     "UPDATE files SET state='queued', attempts=0, next_attempt_at=0,"
-                    " last_error=NULL, held=0, created_at=?, updated_at=?"
+                    " resubmits=0, last_error=NULL, held=0, created_at=?, updated_at=?"
                     " WHERE path=? AND state IN ('failed', 'rejected') RETURNING path",
                     (now, now, _key(path)),
                 ).fetchone()

@@ -187,6 +187,55 @@ def test_past_the_deadline_fails_and_retry_fetches_again(emulator, tmp_path, inb
     assert not error.exists()
 
 
+def test_retry_after_a_task_in_error_uploads_anew(emulator, tmp_path, inbox):
+    """A task that ended in Error will never have a result: `retry` sends the file again
+    (a new task), instead of reusing the dead task's GUID as the same content."""
+    config = fetch_config(tmp_path, emulator.url, inbox)
+    emulator.fail_next_task()
+    scan = inbox / "scan.png"
+
+    with daemon_thread(config):
+        scan.write_bytes(png_bytes(9))
+        wait_until(lambda: (inbox / "scan.png.error").exists(), 20, ".error")
+        dead = journal_entry(tmp_path / "state", scan)
+        assert 0 == main(["retry", "-c", str(config), str(scan)])
+        wait_until(lambda: txt(scan).exists(), 20, "text after retry")
+
+    assert expected_text(scan) == txt(scan).read_text()
+    assert 2 == len(emulator.submissions())
+    assert dead is not None
+    assert dead.guid != (inbox / "scan.png.guid").read_text().strip()
+
+
+def test_an_outage_past_the_deadline_keeps_the_guid_and_polls_on(tmp_path, inbox):
+    """fetch_timeout is for a service that answers "not yet": while it cannot be reached
+    (here its token endpoint fails, with one-second tokens), a billed task keeps its `.guid`
+    and is asked again; once the service answers, the text is written."""
+    from ocrwatch.emulator import Emulator
+
+    from .conftest import CLIENT_ID, SECRET
+
+    with Emulator(client_id=CLIENT_ID, client_secret=SECRET, token_ttl_s=1) as emu:
+        config = fetch_config(tmp_path, emu.url, inbox, fetch_timeout="1s")
+        emu.script_next_tasks(TaskScript(processing_s=600))
+        scan = inbox / "scan.png"
+        with daemon_thread(config):
+            scan.write_bytes(png_bytes(10))
+            wait_until((inbox / "scan.png.guid").exists, 20, ".guid")
+            calls = emu.token_calls
+            emu.fail_token_next(503, times=60)
+            wait_until(lambda: emu.token_calls >= calls + 30, 30, "polls in the outage")
+            during = journal_entry(tmp_path / "state", scan)
+            assert not (inbox / "scan.png.error").exists()
+            emu.finish_tasks()  # done by the time the service can be reached again
+            wait_until(lambda: txt(scan).exists(), 30, "text after the outage")
+
+    assert during is not None
+    assert ("fetching", True) == (during.state, (inbox / "scan.png.guid").exists())
+    assert expected_text(scan) == txt(scan).read_text()
+    assert 1 == len(emu.submissions())
+
+
 def test_fetch_writes_the_text_of_files_that_only_have_a_guid(
     emulator, tmp_path, inbox, capsys
 ):

@@ -81,7 +81,9 @@ def test_on_complete_gets_the_file_the_guid_and_the_results(
     scan = inbox / "scan.png"
     monkeypatch.setenv("OCRWATCH_CLIENT_SECRET", SECRET)  # the daemon's, not the hook's
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "creds"))  # likewise
-    monkeypatch.setenv("NOTIFY_SOCKET", "@not-for-hooks")  # the daemon's line to systemd
+    monkeypatch.setenv(
+        "NOTIFY_SOCKET", "@not-for-hooks"
+    )  # the daemon's line to systemd
 
     with daemon_thread(config):
         scan.write_bytes(png_bytes(1))
