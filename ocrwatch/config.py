@@ -363,6 +363,18 @@ class ProfileSpec(FetchSpec):
             raise ValueError(
                 "give the command as a list of strings (no shell), e.g. [/usr/local/bin/done, --quiet]"
             )
+        # A relative program would be looked up on PATH or beside the share's files, which
+        # anyone on the share may write.
+        if (
+            isinstance(value, list | tuple)
+            and value
+            and isinstance(value[0], str)
+            and not Path(value[0]).is_absolute()
+        ):
+            raise ValueError(
+                f"the program must be an absolute path (`{shorten(value[0])}` is not), "
+                "e.g. [/usr/bin/python3, /usr/local/lib/ocrwatch/done.py]"
+            )
         return value
 
 

@@ -3,14 +3,18 @@
 No shell: the command's list gets the original, the GUID and the result files as arguments,
 and the same in the environment. Hooks run in threads of their own, so that one that hangs
 holds up no upload or poll; it is killed with its process group at its timeout. A hook that
-fails is logged (`hook.failed`) and changes nothing: the results stay. Accepted risk: a hook
-still waiting to start when the daemon stops is not run (the results are there all the same).
+fails is logged (`hook.failed`) and changes nothing: the results stay. A hook ends when its
+process exits, not when its stderr closes (a daemon it leaves behind may hold that open), and
+only the tail of its stderr is kept. Accepted risks: a hook still waiting to start when the
+daemon stops is not run (the results are there all the same); a stripped environment is no
+isolation, since a hook runs as the daemon's user and can read what the daemon can.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import selectors
 import signal
 import subprocess
 import threading
@@ -19,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import IO, Final
 
 import structlog
 
@@ -27,17 +31,27 @@ log = structlog.get_logger()
 
 HOOK_THREADS: Final = 2
 OUTPUT_MAX: Final = 400  # of a failed hook's stderr, in its log line
-# Never handed to a hook: the client secret, where systemd keeps it, and the daemon's line
-# to systemd (a hook could otherwise say READY or WATCHDOG for the daemon).
-SECRET_ENV: Final = frozenset(
-    {
-        "OCRWATCH_CLIENT_SECRET",
-        "CREDENTIALS_DIRECTORY",
-        "NOTIFY_SOCKET",
-        "WATCHDOG_USEC",
-        "WATCHDOG_PID",
-    }
+TAIL_MAX: Final = (
+    64 * 1024
+)  # of a hook's stderr kept while it runs; the rest is read and dropped
+DRAIN_S: Final = (
+    0.5  # after a hook exits, for what it wrote last; then its pipe is closed
 )
+STOP_GRACE_S: Final = 2.0  # after a stop kills the hooks, for their threads to end
+# A hook sees only these of the daemon's environment (and its own OCRWATCH_* facts): not the
+# client secret, a proxy's credentials, the daemon's line to systemd or whatever a unit adds.
+PASSED_ENV: Final = frozenset({"PATH", "LANG", "TZ", "HOME", "USER", "LOGNAME"})
+PASSED_ENV_PREFIXES: Final = ("LC_",)
+HOOK_CWD: Final = "/"  # never the share: nothing there is the admin's
+
+
+def passed_env(base: Mapping[str, str]) -> dict[str, str]:
+    """The part of the daemon's environment a hook may see (an allowlist)."""
+    return {
+        k: v
+        for k, v in base.items()
+        if k in PASSED_ENV or k.startswith(PASSED_ENV_PREFIXES)
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +73,9 @@ class HookCall:
         ]
 
     def environment(self, base: Mapping[str, str]) -> dict[str, str]:
-        """The daemon's environment without its secrets, and the file's facts."""
+        """The allowed part of the daemon's environment, and the file's facts."""
         return {
-            **{k: v for k, v in base.items() if k not in SECRET_ENV},
+            **passed_env(base),
             "OCRWATCH_FILE": os.fspath(self.original),
             "OCRWATCH_GUID": self.guid,
             "OCRWATCH_RESULTS": "\n".join(map(os.fspath, self.results)),
@@ -69,52 +83,121 @@ class HookCall:
         }
 
 
-def run_hook(
-    call: HookCall, running: set[subprocess.Popen[bytes]] | None = None
-) -> bool:
-    """Run one hook to its end or its timeout; True if it exited 0. `running` holds it
+class Running:
+    """The hooks' processes, and whether a stop has begun: checked under one lock with the
+    start, so that no hook starts after a stop has looked for the ones to kill."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen[bytes]] = set()
+        self._stopping = False
+
+    def spawn(self, call: HookCall) -> subprocess.Popen[bytes] | None:
+        """Start the hook's process; None once a stop has begun. Raises OSError."""
+        with self._lock:
+            if self._stopping:
+                return None
+            proc = subprocess.Popen(  # noqa: S603 -- a list from the main config, no shell
+                call.argv(),
+                env=call.environment(os.environ),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # its own process group, killed whole at the timeout
+                cwd=HOOK_CWD,
+            )
+            self._procs.add(proc)
+            return proc
+
+    def ended(self, proc: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    def stop(self) -> list[subprocess.Popen[bytes]]:
+        """Start no more; the ones running now."""
+        with self._lock:
+            self._stopping = True
+            return list(self._procs)
+
+
+class StderrTail:
+    """Reads a hook's stderr in a thread of its own and keeps only its last TAIL_MAX bytes,
+    so that a hook writing without end costs no memory; it stops at EOF or when told."""
+
+    def __init__(self, pipe: IO[bytes]) -> None:
+        self._pipe = pipe
+        self._tail = bytearray()
+        self._done = threading.Event()
+        self._thread = threading.Thread(
+            target=self._read, name="hook-stderr", daemon=True
+        )
+        self._thread.start()
+
+    def _read(self) -> None:
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._pipe, selectors.EVENT_READ)
+            while not self._done.is_set():
+                if not sel.select(timeout=0.05):
+                    continue
+                chunk = os.read(self._pipe.fileno(), 65536)
+                if not chunk:
+                    return
+                self._tail += chunk
+                del self._tail[:-TAIL_MAX]
+
+    def close(self, drain_s: float = DRAIN_S) -> str:
+        """Give the reader `drain_s` for the rest (a grandchild may hold the pipe open for
+        ever), close the pipe, and return the tail as text."""
+        self._thread.join(drain_s)
+        self._done.set()
+        self._thread.join()
+        self._pipe.close()
+        return self._tail.decode("utf-8", "replace")
+
+
+def run_hook(call: HookCall, running: Running | None = None) -> bool:
+    """Run one hook to its exit or its timeout; True if it exited 0. `running` holds it
     while it runs, so that a stop can end it."""
-    running = set() if running is None else running
+    running = Running() if running is None else running
     started = time.monotonic()
     where = {"path": str(call.original), "guid": call.guid, "command": call.command[0]}
     try:
-        proc = subprocess.Popen(  # noqa: S603 -- a list from the main config, no shell
-            call.argv(),
-            env=call.environment(os.environ),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # its own process group, killed whole at the timeout
-            cwd=call.original.parent,
-        )
+        proc = running.spawn(call)
     except OSError as exc:
         log.error("hook.failed", **where, error=f"cannot run it: {exc.strerror}")
         return False
-    running.add(proc)
+    if proc is None:
+        log.warning("hook.skipped", path=str(call.original), reason="stopping")
+        return False
+    assert proc.stderr is not None  # stderr=PIPE above
+    tail = StderrTail(proc.stderr)
     try:
-        _, err = proc.communicate(timeout=call.timeout_s)
+        proc.wait(timeout=call.timeout_s)
+        timed_out = False
     except subprocess.TimeoutExpired:
         kill_group(proc)
-        proc.communicate()
+        proc.wait()
+        timed_out = True
+    finally:
+        running.ended(proc)
+        err = tail.close()
+    took_ms = round((time.monotonic() - started) * 1000, 1)
+    if timed_out:
         log.error(
             "hook.failed",
             **where,
             error=f"killed after {call.timeout_s:g} s (on_complete_timeout)",
         )
         return False
-    finally:
-        running.discard(proc)
-    took_ms = round((time.monotonic() - started) * 1000, 1)
     if proc.returncode < 0:
         log.error("hook.failed", **where, error=f"killed by signal {-proc.returncode}")
         return False
     if proc.returncode != 0:
-        text = err.decode("utf-8", "replace").strip()[-OUTPUT_MAX:]
         log.error(
             "hook.failed",
             **where,
             error=f"exit status {proc.returncode}",
-            stderr=text,
+            stderr=err.strip()[-OUTPUT_MAX:],
             duration_ms=took_ms,
         )
         return False
@@ -135,7 +218,7 @@ class HookRunner:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="hook")
         self._lock = threading.Lock()
         self._pending: set[Future[bool]] = set()
-        self._running: set[subprocess.Popen[bytes]] = set()
+        self._running = Running()
         self._stopped = False
 
     def start(self, call: HookCall) -> None:
@@ -166,13 +249,15 @@ class HookRunner:
                 pending[0].result(timeout=left)
 
     def stop(self, timeout_s: float) -> None:
-        """Start no more; give those running `timeout_s`, then end them (logged as killed)."""
+        """Start no more (those queued are dropped); give those running `timeout_s`, then
+        kill them (logged as killed) and give their threads a bounded moment to end."""
         with self._lock:
             self._stopped = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self.wait(timeout_s)
-        for proc in list(self._running):
+        for proc in self._running.stop():
             kill_group(proc)
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.wait(STOP_GRACE_S)
 
 
 def hook_call(

@@ -50,7 +50,7 @@ class Runtime:
             ProfileBook(config),
             {f.path.absolute(): f for f in config.folders},
             _staging(config.state_dir),
-            PollSchedule.from_env(),
+            PollSchedule.from_env(base_url=config.api.base_url),
         )
 
     def profile_for(self, job: Job) -> str | None:

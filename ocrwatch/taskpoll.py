@@ -7,16 +7,23 @@ a long task costs a poll every 15 s, never a tight loop.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
+from urllib.parse import urlsplit
+
+import structlog
 
 FIRST_POLL_S: Final = 2.0
 MAX_POLL_S: Final = 15.0
 GROWTH: Final = 1.5
 # Tests and benchmarks only: every wait of the schedule times this (0.05: 0.1 s to 0.75 s).
 SCALE_ENV: Final = "OCRWATCH_POLL_SCALE"
+MIN_SCALE: Final = 0.05  # polls every 0.1 s at the most
+log = structlog.get_logger()
 WAITING: Final = ("Pending", "Processing")
 
 
@@ -27,19 +34,46 @@ class PollSchedule:
 
     @classmethod
     def from_env(
-        cls, env: os._Environ[str] | dict[str, str] = os.environ
+        cls,
+        env: Mapping[str, str] = os.environ,
+        base_url: str = "http://127.0.0.1",
     ) -> PollSchedule:
-        """The schedule, shortened by OCRWATCH_POLL_SCALE when a test sets it."""
-        try:
-            scale = float(env.get(SCALE_ENV, "1"))
-        except ValueError:
-            scale = 1.0
-        scale = scale if 0 < scale <= 1 else 1.0
+        """The schedule, shortened by OCRWATCH_POLL_SCALE when a test or benchmark against
+        the emulator sets it (logged, as it must never reach production)."""
+        value = env.get(SCALE_ENV)
+        scale = poll_scale(value, base_url)
+        if value is not None:
+            log.warning(
+                "poll_schedule.scaled", scale=scale, requested=value, base_url=base_url
+            )
         return cls(FIRST_POLL_S * scale, MAX_POLL_S * scale)
 
     def delay_s(self, polls: int) -> float:
         """The wait after poll number `polls` (0: the wait after the upload)."""
         return min(self.max_s, self.first_s * GROWTH ** min(polls, 64))
+
+
+def poll_scale(value: str | None, base_url: str) -> float:
+    """OCRWATCH_POLL_SCALE's factor: honoured only for a service on loopback (the emulator:
+    a shortened schedule against the real service is a storm of GETs), never below
+    MIN_SCALE, never above 1; anything else is 1."""
+    try:
+        scale = float(value) if value is not None else 1.0
+    except ValueError:
+        return 1.0
+    if not (0 < scale <= 1) or not is_loopback(base_url):
+        return 1.0
+    return max(MIN_SCALE, scale)
+
+
+def is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Next(StrEnum):
