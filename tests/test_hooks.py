@@ -3,15 +3,20 @@ or hangs holds up no other file and loses no result; a `.ocrwatch.yaml` may not 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
+from ocrwatch.hooks import STOP_GRACE_S, HookRunner, hook_call, passed_env, run_hook
 from ocrwatch.taskpoll import SCALE_ENV
 
 from .conftest import SECRET, wait_until, write_config
@@ -33,9 +38,12 @@ if original.name.startswith("fail"):
 env = {
     k: v
     for k, v in os.environ.items()
-    if k.startswith("OCRWATCH_") or k in ("NOTIFY_SOCKET", "CREDENTIALS_DIRECTORY")
+    if k.startswith("OCRWATCH_")
+    or k in ("NOTIFY_SOCKET", "CREDENTIALS_DIRECTORY", "HTTPS_PROXY", "PATH")
 }
-(out / (original.name + ".json")).write_text(json.dumps({"argv": sys.argv[1:], "env": env}))
+(out / (original.name + ".json")).write_text(
+    json.dumps({"argv": sys.argv[1:], "env": env, "cwd": os.getcwd()})
+)
 """
 
 
@@ -75,7 +83,8 @@ def test_on_complete_gets_the_file_the_guid_and_the_results(
 ):
     """Arguments: the command's own, then the original, the GUID, the result files; the
     environment: OCRWATCH_FILE, OCRWATCH_GUID, OCRWATCH_RESULTS (one per line), OCRWATCH_PROFILE,
-    and never the client secret."""
+    and of the daemon's only an allowlist (never the secret or a proxy's credentials); the
+    working folder is /, not the share."""
     script, out = hook
     config = hook_config(tmp_path, emulator.url, inbox, script, out)
     scan = inbox / "scan.png"
@@ -84,6 +93,8 @@ def test_on_complete_gets_the_file_the_guid_and_the_results(
     monkeypatch.setenv(
         "NOTIFY_SOCKET", "@not-for-hooks"
     )  # the daemon's line to systemd
+    monkeypatch.setenv("HTTPS_PROXY", "http://user:pw@127.0.0.1:9")  # its credentials
+    monkeypatch.setenv("OCRWATCH_EMULATOR_SECRET", SECRET)  # whatever the unit adds
 
     with daemon_thread(config):
         scan.write_bytes(png_bytes(1))
@@ -98,7 +109,9 @@ def test_on_complete_gets_the_file_the_guid_and_the_results(
         "OCRWATCH_GUID": guid,
         "OCRWATCH_RESULTS": "\n".join(results),
         "OCRWATCH_PROFILE": "default",
-    } == {k: v for k, v in seen["env"].items() if k != SCALE_ENV}
+        "PATH": os.environ["PATH"],
+    } == seen["env"]
+    assert "/" == seen["cwd"]  # never the share
 
 
 def test_a_hook_that_fails_or_hangs_blocks_no_other_file(
@@ -252,3 +265,143 @@ def test_check_shows_each_folders_result_keys(tmp_path, inbox, capsys):
         "  results: fetched, fetch_timeout 300s, on_complete ['/usr/local/bin/done', '--quiet']"
         in capsys.readouterr().out.splitlines()
     )
+
+
+def test_a_relative_program_is_a_config_error(tmp_path, inbox, capsys):
+    """on_complete's program must be an absolute path: a relative one would be found on PATH
+    or beside the share's files; exit 2, one sentence."""
+    from ocrwatch.cli import main
+
+    config = write_config(
+        tmp_path / "config.yaml",
+        "http://127.0.0.1:9",
+        [{"path": str(inbox)}],
+        profiles={"default": {"on_complete": ["python3", "hooks/x.py"]}},
+    )
+
+    code = main(["check", "-c", str(config)])
+
+    assert 2 == code
+    assert (
+        f"ocrwatch: {config}: profiles.default.on_complete: the program must be an "
+        "absolute path (`python3` is not)"
+    ) in capsys.readouterr().err
+
+
+def test_the_environment_is_an_allowlist():
+    """Only PATH, LANG, LC_*, TZ, HOME, USER and LOGNAME pass from the daemon to a hook."""
+    base = {
+        "PATH": "/usr/bin",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C",
+        "TZ": "UTC",
+        "HOME": "/var/lib/ocrwatch",
+        "USER": "ocrwatch",
+        "LOGNAME": "ocrwatch",
+        "HTTPS_PROXY": "http://user:pw@proxy:3128",
+        "OCRWATCH_CLIENT_SECRET": SECRET,
+        "OCRWATCH_EMULATOR_SECRET": SECRET,
+        "CREDENTIALS_DIRECTORY": "/run/credentials/ocrwatch.service",
+        "NOTIFY_SOCKET": "/run/systemd/notify",
+    }
+
+    passed = passed_env(base)
+
+    assert ["HOME", "LANG", "LC_ALL", "LOGNAME", "PATH", "TZ", "USER"] == sorted(passed)
+
+
+def _call(script: str, timeout_s: float = 10.0):
+    return hook_call(["/bin/sh", "-c", script], Path("/x.png"), "g", [], timeout_s, "p")
+
+
+def test_a_flood_on_stderr_costs_no_memory(tmp_path):
+    """A hook writing 150 MB to stderr: only its tail is kept (the process stays small), and
+    the failure's log line still shows its last words."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        textwrap.dedent(
+            """
+            import json, resource, sys
+            from pathlib import Path
+            from structlog.testing import capture_logs
+            from ocrwatch.hooks import hook_call, run_hook
+            call = hook_call(
+                ["/bin/sh", "-c", "head -c 150000000 /dev/zero >&2; echo the end >&2; exit 1"],
+                Path("/x.png"), "g", [], 30, "p",
+            )
+            with capture_logs() as logs:
+                ok = run_hook(call)
+            rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print(json.dumps({"ok": ok, "rss_mb": rss_mb, "stderr": logs[-1]["stderr"][-7:]}))
+            """
+        )
+    )
+
+    proc = subprocess.run(
+        [sys.executable, str(probe)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+    seen = json.loads(proc.stdout)
+    assert (False, "the end") == (seen["ok"], seen["stderr"])
+    assert seen["rss_mb"] < 100, seen  # the whole flood would be 150 MB and more
+
+
+def test_a_hook_ends_when_its_process_exits(tmp_path):
+    """A hook that leaves a daemon (own session) holding its stderr: it counts as done when it
+    exits 0, not when that daemon lets go of the pipe, and is not logged as killed."""
+    pidfile = tmp_path / "daemon.pid"
+    call = _call(f"setsid sleep 30 & echo $! > {pidfile}; exit 0", timeout_s=20)
+    try:
+        with capture_logs() as logs:
+            started = time.monotonic()
+            ok = run_hook(call)
+            took = time.monotonic() - started
+
+        assert ok
+        assert took < 5, took
+        assert ["hook.completed"] == [e["event"] for e in logs]
+    finally:
+        _kill(pidfile)
+
+
+def test_stop_is_bounded_by_its_timeout(tmp_path):
+    """stop(1.0) with a hook whose daemon holds its stderr: it returns within seconds."""
+    pidfile = tmp_path / "daemon.pid"
+    runner = HookRunner()
+    try:
+        runner.start(_call(f"setsid sleep 30 & echo $! > {pidfile}; sleep 30"))
+        wait_until(
+            lambda: pidfile.exists() and pidfile.read_text().strip(), 10, "the hook"
+        )
+
+        started = time.monotonic()
+        runner.stop(1.0)
+        took = time.monotonic() - started
+
+        assert took < 1.0 + STOP_GRACE_S + 1, took
+    finally:
+        _kill(pidfile)
+
+
+def test_no_queued_hook_starts_once_stop_began(tmp_path):
+    """Hooks still queued when a stop begins never start, even while the stop waits for the
+    running one to end."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    runner = HookRunner(threads=1)
+    runner.start(_call("sleep 0.5"))
+    for i in range(3):
+        runner.start(_call(f"touch {marks}/{i}"))
+
+    runner.stop(5.0)
+
+    assert [] == sorted(p.name for p in marks.iterdir())
+
+
+def _kill(pidfile: Path) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from structlog.testing import capture_logs
 
-from ocrwatch.taskpoll import SCALE_ENV, Decision, Next, PollSchedule, decide
+from ocrwatch.taskpoll import (
+    SCALE_ENV,
+    Decision,
+    Next,
+    PollSchedule,
+    decide,
+    poll_scale,
+)
 
 
 def test_schedule_starts_at_two_seconds_and_grows_to_fifteen():
@@ -32,6 +40,35 @@ def test_schedule_never_overflows():
 def test_schedule_scale_for_tests(value, first):
     """OCRWATCH_POLL_SCALE shortens the schedule for tests; anything else leaves it."""
     assert first == pytest.approx(PollSchedule.from_env({SCALE_ENV: value}).first_s)
+
+
+@pytest.mark.parametrize(
+    ("value", "base_url", "scale"),
+    [
+        pytest.param("0.05", "http://127.0.0.1:8080", 0.05, id="emulator"),
+        pytest.param("0.05", "http://localhost:8080", 0.05, id="localhost"),
+        pytest.param("0.05", "http://[::1]:8080", 0.05, id="ipv6-loopback"),
+        pytest.param("0.000001", "http://127.0.0.1:8080", 0.05, id="floored"),
+        pytest.param("0.05", "https://ocr.example.com", 1.0, id="real-service"),
+        pytest.param("0.05", "http://10.0.0.5:8080", 1.0, id="lan-host"),
+        pytest.param(None, "http://127.0.0.1:8080", 1.0, id="unset"),
+    ],
+)
+def test_schedule_scale_only_against_loopback(value, base_url, scale):
+    """The test knob never shortens polls against a real service, and never below 0.05
+    (a GET every 0.1 s at the most)."""
+    assert scale == pytest.approx(poll_scale(value, base_url))
+
+
+def test_a_scaled_schedule_is_logged():
+    """A scaled schedule says so, so that one left on in production shows in the log."""
+    with capture_logs() as logs:
+        schedule = PollSchedule.from_env({SCALE_ENV: "0.1"}, "http://127.0.0.1:1")
+
+    assert pytest.approx(0.2) == schedule.first_s
+    assert [("poll_schedule.scaled", 0.1)] == [
+        (e["event"], e["scale"]) for e in logs if e["event"] == "poll_schedule.scaled"
+    ]
 
 
 def _decide(status, *, polls=0, resubmits=0, now=10.0, deadline=600.0, messages=()):
