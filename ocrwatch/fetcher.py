@@ -17,7 +17,6 @@ from ocrwatch.hooks import HookRunner, hook_call
 from ocrwatch.journal import Poll
 from ocrwatch.metrics import Metrics
 from ocrwatch.outcome import Outcome, Recorder, Result, look_at
-from ocrwatch.profiles import resolve_fetch
 from ocrwatch.runtime import Runtime
 from ocrwatch.settle import Look
 from ocrwatch.taskpoll import Next, again, decide
@@ -95,13 +94,16 @@ class Fetcher:
         return rec.fetch_failed(poll, decision.reason, runtime, refetch=refetch)
 
     def _start_hook(self, poll: Poll, result: Result, runtime: Runtime) -> None:
+        """The hook of the file's effective profile (its `.ocrwatch.yaml` files applied, as
+        at the upload), not merely its folder's."""
         profile = runtime.profile_for(poll.job)
         if profile is None:
             return
         try:
-            policy = resolve_fetch(profile, runtime.config.profiles)
+            resolved = runtime.book.resolve_for(poll.path, poll.root, profile)
         except (ConfigError, KeyError):
-            return  # its profile left the config: no hook to run
+            return  # its profile left the config, or an override went bad: no hook to run
+        policy = resolved.fetch
         if policy.on_complete:
             self._hooks.start(
                 hook_call(
@@ -110,6 +112,6 @@ class Fetcher:
                     poll.guid,
                     result.files,
                     policy.on_complete_timeout_s,
-                    profile,
+                    resolved.profile,
                 )
             )

@@ -116,7 +116,12 @@ def resolve_profile(name: str, table: Mapping[str, ProfileSpec]) -> Settings:
 def resolve(
     profile: str, table: Mapping[str, ProfileSpec], overrides: Sequence[Override]
 ) -> Resolved:
-    """Apply override files (ordered from the watched root down) over the folder's profile."""
+    """Apply override files (ordered from the watched root down) over the folder's profile.
+
+    A `.ocrwatch.yaml` that switches profile switches its hook only off, never on: the
+    effective profile's `on_complete` runs only if it is the folder's configured profile's
+    too (anyone on the share may write that file; the admin set each hook for its folders)."""
+    configured = profile
     for override in overrides:
         if override.spec.profile is not None:
             if override.spec.profile not in table:
@@ -135,7 +140,16 @@ def resolve(
     for override in overrides:
         settings = settings.merged(override.spec.to_settings())
     fetch = resolve_fetch(profile, table, overrides)
+    if profile != configured:
+        fetch = hook_kept(fetch, resolve_fetch(configured, table))
     return Resolved(profile=profile, settings=settings, fetch=fetch)
+
+
+def hook_kept(effective: FetchPolicy, configured: FetchPolicy) -> FetchPolicy:
+    """The effective policy, its hook dropped unless the configured profile has the same."""
+    if effective.on_complete == configured.on_complete:
+        return effective
+    return replace(effective, on_complete=())
 
 
 def parse_override(data: object, path: Path) -> OverrideSpec:

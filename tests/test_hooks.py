@@ -405,3 +405,38 @@ def test_no_queued_hook_starts_once_stop_began(tmp_path):
 def _kill(pidfile: Path) -> None:
     with contextlib.suppress(OSError, ValueError):
         os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+def test_the_hook_is_the_files_effective_profiles(emulator, tmp_path, inbox, hook):
+    """A `.ocrwatch.yaml` switching a folder to a profile without a hook: its files get their
+    results and no hook, while the rest of the watched folder keeps its hook."""
+    script, out = hook
+    config = write_config(
+        tmp_path / "config.yaml",
+        emulator.url,
+        [{"path": str(inbox), "settle_seconds": 0.2, "profile": "office"}],
+        shutdown_timeout=2,
+        profiles={
+            "office": {
+                "fetch_results": True,
+                "on_complete": [sys.executable, str(script), str(out)],
+            },
+            "private": {"fetch_results": True},
+        },
+    )
+    hr = inbox / "hr"
+    hr.mkdir()
+    (hr / ".ocrwatch.yaml").write_text("profile: private\n")
+    salary, memo = hr / "salary.png", inbox / "memo.png"
+
+    with daemon_thread(config):
+        salary.write_bytes(png_bytes(50))
+        wait_until((hr / "salary.png.txt").exists, 20, "the salary's text")
+        memo.write_bytes(png_bytes(51))
+        wait_until((out / "memo.png.json").exists, 20, "the memo's hook")
+
+    assert not (out / "salary.png.json").exists()
+    assert (
+        "office"
+        == json.loads((out / "memo.png.json").read_text())["env"]["OCRWATCH_PROFILE"]
+    )

@@ -414,6 +414,37 @@ class TestProfiles:
             "Rotate": 90,
         } == resolved.settings.to_wire()
 
+    @pytest.mark.parametrize(
+        ("configured", "switched_to", "hook"),
+        [
+            pytest.param("office", "private", (), id="switch-to-no-hook"),
+            pytest.param("private", "office", (), id="never-switched-on"),
+            pytest.param("office", "admin", (), id="never-another-hook"),
+            pytest.param("office", "office-de", ("/bin/done",), id="same-hook-kept"),
+        ],
+    )
+    def test_a_profile_switch_turns_a_hook_only_off(
+        self, configured, switched_to, hook
+    ):
+        """A `.ocrwatch.yaml`'s `profile:` runs the effective profile's hook only if the
+        folder's configured profile has the same one: anyone on the share writes that file."""
+        table = {
+            "office": ProfileSpec.model_validate(
+                {"fetch_results": True, "on_complete": ["/bin/done"]}
+            ),
+            "office-de": ProfileSpec.model_validate(
+                {"extends": "office", "language": "German"}
+            ),
+            "admin": ProfileSpec.model_validate({"on_complete": ["/bin/wipe"]}),
+            "private": ProfileSpec.model_validate({"fetch_results": True}),
+        }
+        where = Path("/r/.ocrwatch.yaml")
+        overrides = [Override(where, parse_override({"profile": switched_to}, where))]
+
+        resolved = resolve(configured, table, overrides)
+
+        assert (switched_to, hook) == (resolved.profile, resolved.fetch.on_complete)
+
     def test_override_naming_unknown_profile_is_config_error(self):
         """An override's `profile:` must exist; the error names the file."""
         overrides = [
