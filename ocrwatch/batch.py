@@ -24,7 +24,12 @@ from ocrwatch.errors import JournalError
 from ocrwatch.jobloop import JobLoop
 from ocrwatch.journal import ACCEPTED_STATES, DONE_STATES, Entry, Job, Journal
 from ocrwatch.outcome import Outcome, restore_guid
-from ocrwatch.selection import deepest_root, is_result_file, walk_candidates
+from ocrwatch.selection import (
+    deepest_root,
+    is_result_file,
+    is_written_result,
+    walk_candidates,
+)
 from ocrwatch.sidecar import (
     Kind,
     existing_sidecar,
@@ -131,6 +136,7 @@ def submit_all(
     refused = threading.Event()  # the rest would be refused the same way
     stopping = threading.Event()  # Ctrl-C: no more claims, no more waiting
     loop.resume_orphans()  # what a killed `submit` left claimed
+    jobs = _without_written_results(journal, jobs, summary)
 
     def send(job: Job) -> None:
         if refused.is_set() or stopping.is_set():
@@ -179,6 +185,24 @@ def submit_all(
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
     return summary
+
+
+def _without_written_results(
+    journal: Journal, jobs: Sequence[Job], summary: Summary
+) -> list[Job]:
+    """Result files ocrwatch wrote are no input, even with their original gone: skipped."""
+    try:
+        written = journal.written_results(job.path for job in jobs)
+    except JournalError as exc:
+        summary.failed.extend((job.path, str(exc)) for job in jobs)
+        return []
+    kept = []
+    for job in jobs:
+        if is_written_result((job.size, job.mtime_ns), written.get(str(job.path))):
+            summary.skipped.append(job.path)
+        else:
+            kept.append(job)
+    return kept
 
 
 def _not_claimed(

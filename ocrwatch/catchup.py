@@ -18,7 +18,7 @@ import structlog
 from ocrwatch.config import FolderConfig
 from ocrwatch.errors import JournalError
 from ocrwatch.journal import ACCEPTED_STATES, DONE_STATES, Entry, Journal
-from ocrwatch.selection import Found, walk_candidates
+from ocrwatch.selection import Found, is_written_result, walk_candidates
 from ocrwatch.sidecar import NO_ERROR_NOTE, has_current_sidecar
 
 log = structlog.get_logger()
@@ -102,9 +102,14 @@ def scan_folder(
             break
         seen += len(batch)
         known = journal.lookup(f.path for f in batch)
+        written = journal.written_results(f.path for f in batch if f.path not in known)
         retry = []
         for item in batch:
             record = known.get(item.path)
+            if record is None and is_written_result(
+                (item.size, item.mtime_ns), written.get(item.path)
+            ):
+                continue  # a result kept after its original went: ours, no input
             if needs_submission(item, record):
                 found += 1
                 emit(item)

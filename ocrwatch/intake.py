@@ -25,6 +25,7 @@ from ocrwatch.selection import (
     is_candidate,
     is_ignored_dir,
     is_result_file,
+    is_written_result,
     walk_candidates,
 )
 from ocrwatch.settle import Look, SettleTracker, Verdict
@@ -135,6 +136,7 @@ class Intake:
         if not self._unnoted or now < self._retry_journal_at:
             return
         try:
+            self._drop_written_results()
             queued = self._journal.note_many(self._unnoted.values(), now)
         except JournalError as exc:
             # A full (or failing) state_dir: the files wait here, and on disk, until it can
@@ -153,6 +155,14 @@ class Intake:
             self._on_queued()
         for job in queued:
             log.info("job.queued", path=str(job.path), bytes=job.size)
+
+    def _drop_written_results(self) -> None:
+        """Result files ocrwatch wrote are no input, even with their original gone."""
+        written = self._journal.written_results(self._unnoted)
+        for path, job in list(self._unnoted.items()):
+            if is_written_result((job.size, job.mtime_ns), written.get(str(path))):
+                del self._unnoted[path]
+                log.debug("result.ignored", path=str(path))
 
     def _look(self, path: Path) -> Look | None:
         st = candidate_stat(path, self._folders)

@@ -107,6 +107,25 @@ MIGRATIONS: Final = (
     CREATE INDEX files_finished ON files(updated_at)
         WHERE state IN ('submitted', 'rejected', 'completed');
     """,
+    # version 6: the result files written, apart from their original's row, so that a kept
+    # result stays ours (never input) after its original and its row are gone; filled from
+    # the rows' `results` of version 5
+    """
+    CREATE TABLE results(
+        path TEXT PRIMARY KEY,
+        original TEXT NOT NULL,
+        inode INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        written_at REAL NOT NULL
+    );
+    INSERT OR REPLACE INTO results(path, original, inode, size, mtime_ns, written_at)
+        SELECT rtrim(f.path, replace(f.path, '/', '')) || json_extract(r.value, '$[0]'),
+            f.path, json_extract(r.value, '$[1]'), json_extract(r.value, '$[2]'),
+            json_extract(r.value, '$[3]'), f.updated_at
+        FROM files AS f,
+            json_each(CASE WHEN json_valid(f.results) THEN f.results ELSE '[]' END) AS r;
+    """,
 )
 POLL_COLUMNS: Final = (
     "path, root, size, mtime_ns, guid, pdf, polls, fetch_deadline, resubmits, results,"
@@ -844,6 +863,44 @@ class Journal:
                 ).rowcount
                 for key in keys
             )
+
+    def note_results(
+        self,
+        original: Path,
+        results: Iterable[tuple[str, int, int, int]],
+        now: float,
+    ) -> None:
+        """Remember result files written beside `original` as (name, inode, size,
+        mtime_ns), beyond its row: see `written_results`."""
+        rows = [
+            (_key(original.parent / name), _key(original), ino, size, mtime, now)
+            for name, ino, size, mtime in results
+        ]
+        with self._file.tx() as db:
+            db.executemany(
+                "INSERT INTO results(path, original, inode, size, mtime_ns, written_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET"
+                " original=excluded.original, inode=excluded.inode, size=excluded.size,"
+                " mtime_ns=excluded.mtime_ns, written_at=excluded.written_at",
+                rows,
+            )
+
+    def written_results(
+        self, paths: Iterable[str | Path]
+    ) -> dict[str, tuple[int, int]]:
+        """(size, mtime_ns) of those `paths` that ocrwatch wrote as results, keyed by the
+        path's string; for `selection.is_written_result`."""
+        keys = [_key(p) for p in paths]
+        found: dict[str, tuple[int, int]] = {}
+        for start in range(0, len(keys), LOOKUP_BATCH):
+            batch = keys[start : start + LOOKUP_BATCH]
+            marks = ",".join("?" * len(batch))
+            for row in self._file.query(
+                f"SELECT path, size, mtime_ns FROM results WHERE path IN ({marks})",
+                batch,
+            ):
+                found[unkey(row[0])] = (int(row[1]), int(row[2]))
+        return found
 
     def meta(self) -> dict[str, str]:
         """The daemon's notes beside the rows; none in a journal an older ocrwatch wrote."""

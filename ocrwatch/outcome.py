@@ -406,6 +406,8 @@ class Recorder:
             log.error("result.write_failed", path=str(poll.path), error=str(exc))
             at = self._clock() + runtime.poll.max_s
             return self.poll_again(poll, at, f"result not written: {exc}")
+        # Ours even if the row goes (a prune, the original deleted): never taken as input.
+        self._journal.note_results(poll.path, signatures, self._clock())
         self._journal.mark_completed(poll.path, results=signatures, now=self._clock())
         for skipped in written.skipped:
             log.warning("result.skipped", path=str(poll.path), reason=skipped.reason)

@@ -83,6 +83,13 @@ class Rules:
         )
 
 
+def is_written_result(look: tuple[int, int], written: tuple[int, int] | None) -> bool:
+    """Is a file that looks like `look` (size, mtime_ns) a result ocrwatch wrote, as the
+    journal recorded it (`written`)? Its name cannot say once its original is gone (a user
+    keeps `scan.png.pdf` and deletes `scan.png`); a result a user has since changed is theirs."""
+    return written is not None and written == look
+
+
 def result_origins(name: str) -> list[str]:
     """The originals `name` would be a result of, by name alone: `a.png.ocr.pdf` -> `a.png`
     (and `a.png.ocr`, which is no image name); `a.pdf` -> `a`."""

@@ -126,6 +126,37 @@ def test_a_pdf_goes_to_recognize_pdf_and_result_files_are_never_sent(
     assert expected_text(doc) == txt(doc).read_text()
 
 
+def test_a_kept_result_is_never_input_after_its_original_is_gone(
+    emulator, tmp_path, inbox
+):
+    """A user keeps `scan.png.pdf` and deletes `scan.png` (and its .guid): the journal
+    remembers the PDF as ocrwatch's result, so neither the catch-up scan of the next start
+    nor `submit` on the folder sends it to RecognizePdf (billed)."""
+    config = fetch_config(tmp_path, emulator.url, inbox, resultType="TextAndPdf")
+    scan, later = inbox / "scan.png", inbox / "later.png"
+    with daemon_thread(config):
+        scan.write_bytes(png_bytes(5))
+        wait_until((inbox / "scan.png.pdf").exists, 20, "the result PDF")
+    scan.unlink()
+    (inbox / "scan.png.guid").unlink()
+    (inbox / "scan.png.txt").unlink()
+
+    with capture_logs() as logs, daemon_thread(config):
+        wait_until(
+            lambda: any(e["event"] == "rescan.finished" for e in logs), 20, "catch-up"
+        )
+        # Whatever the catch-up found has settled by the time a later file is done.
+        later.write_bytes(png_bytes(6))
+        wait_until(lambda: txt(later).exists(), 20, "the later file's text")
+    code = main(["submit", "-c", str(config), str(inbox)])
+
+    assert 0 == code
+    assert ["/v5.0/ocr/RecognizeImage"] * 2 == [
+        r["path"] for r in emulator.submissions()
+    ]
+    assert not (inbox / "scan.png.pdf.guid").exists()
+
+
 def test_a_task_in_error_gets_an_error_with_the_message(emulator, tmp_path, inbox):
     """taskStatus Error: `.error` with the service's error.messages, no result file."""
     config = fetch_config(tmp_path, emulator.url, inbox)

@@ -106,3 +106,38 @@ def test_a_journal_of_schema_4_is_upgraded_with_its_rows(tmp_path):
 
     assert ("submitted", "g") == (entry.state, entry.guid)
     assert (1, 0, 0) == (counts["submitted"], counts["fetching"], counts["completed"])
+
+
+def test_result_files_outlive_their_originals_row(tmp_path):
+    """The result files written stay known as ocrwatch's after the original's row is gone."""
+    journal = Journal(tmp_path / "journal.sqlite3")
+    try:
+        journal.note_results(
+            P, [("a.png.txt", 7, 12, 34), ("a.png.pdf", 8, 56, 78)], 1.0
+        )
+        journal.forget(P)
+        written = journal.written_results([P.parent / "a.png.pdf", P.parent / "b.pdf"])
+    finally:
+        journal.close()
+
+    assert {str(P.parent / "a.png.pdf"): (56, 78)} == written
+
+
+def test_schema_6_takes_the_results_rows_already_hold(tmp_path):
+    """A journal of schema 5 gains the results table filled from its rows' `results`."""
+    path = tmp_path / "journal.sqlite3"
+    old = JournalFile(path, MIGRATIONS[:5])
+    old.write(
+        "INSERT INTO files(path, root, size, mtime_ns, state, guid, results, created_at,"
+        " updated_at) VALUES (?, ?, 1, 1, 'completed', 'g', ?, 1, 1)",
+        (str(P), str(ROOT), '[["a.png.pdf", 8, 56, 78]]'),
+    )
+    old.close()
+
+    journal = Journal(path)
+    try:
+        written = journal.written_results([P.parent / "a.png.pdf"])
+    finally:
+        journal.close()
+
+    assert {str(P.parent / "a.png.pdf"): (56, 78)} == written

@@ -11,6 +11,7 @@ from ocrwatch.selection import (
     candidate_stat,
     is_candidate,
     is_result_file,
+    is_written_result,
     walk_candidates,
 )
 
@@ -247,3 +248,16 @@ def test_a_folder_is_no_original_of_a_result_name(tmp_path):
         is_result_file(tmp_path / "2026.pdf", ("*",)),
         walked,
     )
+
+
+@pytest.mark.parametrize(
+    ("look", "written", "ours"),
+    [
+        pytest.param((56, 78), (56, 78), True, id="as-written"),
+        pytest.param((57, 79), (56, 78), False, id="changed-by-a-user"),
+        pytest.param((56, 78), None, False, id="never-written"),
+    ],
+)
+def test_a_written_result_is_known_by_the_journal(look, written, ours):
+    """A file ocrwatch wrote as a result, unchanged since, is ours without its original."""
+    assert ours == is_written_result(look, written)
