@@ -885,6 +885,26 @@ class Journal:
                 rows,
             )
 
+    def results_before(
+        self, cutoff: float, after: int, limit: int
+    ) -> list[tuple[int, str]]:
+        """(rowid, path as stored) of result records written before `cutoff`, from rowid
+        `after` on: one batch of the prune's walk."""
+        rows = self._file.query(
+            "SELECT rowid, path FROM results WHERE rowid > ? AND written_at < ?"
+            " ORDER BY rowid LIMIT ?",
+            (after, cutoff, limit),
+        )
+        return [(int(r[0]), r[1]) for r in rows]
+
+    def forget_results(self, keys: Iterable[str]) -> int:
+        """Drop the records of result files that are gone (paths as stored)."""
+        with self._file.tx() as db:
+            return sum(
+                db.execute("DELETE FROM results WHERE path=?", (key,)).rowcount
+                for key in keys
+            )
+
     def written_results(
         self, paths: Iterable[str | Path]
     ) -> dict[str, tuple[int, int]]:

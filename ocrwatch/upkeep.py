@@ -64,6 +64,9 @@ class Pruner:
         self._exists = exists
         self._roots = roots  # the watched folders now
         self._unsure: tuple[str, ...] = ()  # prefixes of folders that keep their rows
+        # The second part of a walk, over the result files' records: the rowid reached.
+        self._results_after: int | None = None
+        self._results_removed = 0
         self._cursor: tuple[float, int] | None = None  # None: no walk in progress
         self._cutoff = 0.0
         self._removed = 0
@@ -78,7 +81,8 @@ class Pruner:
             return self._step(now)
         except JournalError as exc:
             log.error("journal.prune_failed", error=str(exc), retry_in_s=RETRY_S)
-            self._cursor, self._last = None, now - PRUNE_EVERY_S + RETRY_S
+            self._cursor, self._results_after = None, None
+            self._last = now - PRUNE_EVERY_S + RETRY_S
             return False
 
     def _step(self, now: float) -> bool:
@@ -92,22 +96,46 @@ class Pruner:
             self._unsure = tuple(
                 f"{root}{os.sep}" for root in self._roots() if not has_entries(root)
             )
+        if self._results_after is not None:
+            return self._step_results(now)
         keys = self._journal.finished_before(self._cutoff, self._cursor, BATCH)
-        gone = [
-            k
-            for _, _, k in keys
-            if not (path := unkey(k)).startswith(self._unsure)
-            and not self._exists(path)
-        ]
+        gone = [k for _, _, k in keys if self._is_gone(k)]
         if gone:
             self._removed += self._journal.forget_finished(gone, self._cutoff)
         if len(keys) == BATCH:
             self._cursor = keys[-1][:2]
             return True
-        self._cursor, self._last = None, now
+        self._results_after, self._results_removed = (
+            0,
+            0,
+        )  # then the result files' records
+        return True
+
+    def _step_results(self, now: float) -> bool:
+        """The records of result files written (they keep a kept result from being taken as
+        input): those of files that are gone go too, or they would grow without end."""
+        rows = self._journal.results_before(
+            self._cutoff, self._results_after or 0, BATCH
+        )
+        gone = [k for _, k in rows if self._is_gone(k)]
+        if gone:
+            self._results_removed += self._journal.forget_results(gone)
+        if len(rows) == BATCH:
+            self._results_after = rows[-1][0]
+            return True
+        self._cursor, self._results_after, self._last = None, None, now
         self._journal.put_meta(LAST_PRUNE_KEY, repr(now), now)
-        log.info("journal.pruned", rows=self._removed, keep_days=self._keep_days())
+        log.info(
+            "journal.pruned",
+            rows=self._removed,
+            result_records=self._results_removed,
+            keep_days=self._keep_days(),
+        )
         return False
+
+    def _is_gone(self, key: str) -> bool:
+        path = unkey(key)
+        return not path.startswith(self._unsure) and not self._exists(path)
 
     def serve(self, stopping: threading.Event, clock: Callable[[], float]) -> None:
         """The thread's loop: a walk when due, batch after batch; until `stopping`."""

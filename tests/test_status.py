@@ -514,6 +514,7 @@ class TestPrune:
         assert {
             "event": "journal.pruned",
             "rows": 2,
+            "result_records": 0,
             "keep_days": 90,
             "log_level": "info",
         } in logs
@@ -542,6 +543,34 @@ class TestPrune:
 
         assert (1, [str(absent / "a.png"), str(unmounted / "a.png")]) == (removed, left)
 
+    def test_prune_drops_the_records_of_result_files_that_are_gone(self, tmp_path):
+        """A kept result's record outlives its original (so it is never input), but not the
+        result file itself: the journal must not grow with every result ever written."""
+        journal = Journal(tmp_path / "journal.sqlite3")
+        now = 1_000 * DAY
+        files = tmp_path / "in"
+        files.mkdir()
+        (files / "kept.png.txt").write_text("text")
+        journal.note_results(
+            files / "kept.png",
+            [("kept.png.txt", 1, 4, 1), ("gone.png.txt", 2, 4, 1)],
+            now - 100 * DAY,
+        )
+        journal.note_results(
+            files / "young.png", [("young.png.txt", 3, 4, 1)], now - DAY
+        )
+
+        Pruner(journal, lambda: 90).run(now)
+        left = sorted(
+            Path(p).name
+            for p in journal.written_results(
+                files / n for n in ("kept.png.txt", "gone.png.txt", "young.png.txt")
+            )
+        )
+        journal.close()
+
+        assert ["kept.png.txt", "young.png.txt"] == left
+
     def test_prune_walks_in_batches_and_runs_once_a_day(self, tmp_path):
         """More rows than a batch all go, one batch per step; then nothing until a day later."""
         journal = Journal(tmp_path / "journal.sqlite3")
@@ -559,7 +588,8 @@ class TestPrune:
         total = sum(journal.counts().values())
         journal.close()
 
-        assert (3, False, False, 0) == (steps, again, tomorrow, total)
+        # Three batches of rows, then the result files' records.
+        assert (4, False, True, 0) == (steps, again, tomorrow, total)  # tomorrow: a walk
 
     @pytest.mark.parametrize(
         ("last", "now", "due"),
