@@ -100,11 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
         "write the results of files that have a .guid and no results yet",
         "Asks the service for each task a .guid names and writes its result files next "
         "to the file (folders expanded by their rules; no PATH: every configured folder). "
-        "Uses the same journal as `run`; on_complete runs as in the daemon. Exit 0 if "
-        "all were fetched, 1 if any failed, 2 for a bad config.",
+        "Uses the same journal as `run`; on_complete runs as in the daemon. A task the "
+        "service no longer has (it keeps them 24 h) ends in .error unless --resubmit. "
+        "Exit 0 if all were fetched, 1 if any failed, 2 for a bad config.",
         parents=[common],
     )
     p.add_argument("paths", nargs="*", type=Path, metavar="PATH")
+    p.add_argument(
+        "--resubmit",
+        action="store_true",
+        help="upload a file again (billed) whose task the service no longer has",
+    )
     p = command(
         "check",
         "validate the config and show each folder's settings",
@@ -380,11 +386,23 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     try:
         targets = find_targets(args.paths, config, journal, summary)
         loop = JobLoop(journal, Runtime.build(config, credentials), one_shot=True)
-        fetch_all(loop, journal, targets, summary, progress=sys.stderr.isatty())
+        fetch_all(
+            loop,
+            journal,
+            targets,
+            summary,
+            progress=sys.stderr.isatty(),
+            resubmit=args.resubmit,
+        )
     finally:
         journal.close()
+    again = (
+        f" ({len(summary.resubmitted)} uploaded again, billed)"
+        if summary.resubmitted
+        else ""
+    )
     print(
-        f"fetched {len(summary.fetched)}, skipped {len(summary.skipped)} "
+        f"fetched {len(summary.fetched)}{again}, skipped {len(summary.skipped)} "
         f"(results written already), failed {len(summary.failed)}"
     )
     for path, reason in sorted(summary.failed):

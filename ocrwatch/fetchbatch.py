@@ -23,10 +23,10 @@ from tqdm import tqdm
 from ocrwatch.config import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, Config
 from ocrwatch.errors import ConfigError, JournalError
 from ocrwatch.jobloop import PDF_MAGIC, JobLoop
-from ocrwatch.journal import Fetch, Job, Journal
+from ocrwatch.journal import Entry, Fetch, Job, Journal
 from ocrwatch.profiles import FetchPolicy
 from ocrwatch.selection import deepest_root, walk_candidates
-from ocrwatch.sidecar import read_guid
+from ocrwatch.sidecar import Kind, has_current_sidecar, read_guid, sidecar_path
 
 WAIT_MAX_S: Final = 0.5  # between looks at a row another thread or process polls
 
@@ -40,6 +40,8 @@ class Target:
 @dataclass
 class FetchSummary:
     fetched: list[Path] = field(default_factory=list)
+    # Of `fetched`: uploaded again first (`--resubmit`, the service had lost the task).
+    resubmitted: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
 
@@ -82,7 +84,12 @@ def find_targets(
 
 
 def _target(
-    path: Path, root: Path, entry: object, summary: FetchSummary, *, explicit: bool
+    path: Path,
+    root: Path,
+    entry: Entry | None,
+    summary: FetchSummary,
+    *,
+    explicit: bool,
 ) -> Target | None:
     try:
         st = path.stat()
@@ -96,15 +103,32 @@ def _target(
                 (path, "it has no .guid; send it first (`ocrwatch submit`)")
             )
         return None
-    state = getattr(entry, "state", None)
-    same = (getattr(entry, "size", None), getattr(entry, "mtime_ns", None)) == (
+    same = entry is not None and (entry.size, entry.mtime_ns) == (
         st.st_size,
         st.st_mtime_ns,
     )
-    if state == "completed" and same and getattr(entry, "guid", None) == guid:
+    known = same and entry is not None and entry.guid == guid
+    if known and entry is not None and entry.state == "completed":
         summary.skipped.append((path, "its results are written already"))
         return None
+    if not known and not has_current_sidecar(st.st_mtime_ns, _guid_mtime_ns(path)):
+        # A new scan under the old name: the task is of the content that was there.
+        summary.failed.append(
+            (
+                path,
+                "stale .guid: the file changed after it was sent; the daemon or "
+                "`ocrwatch submit` sends it anew",
+            )
+        )
+        return None
     return Target(Job(path, root, st.st_size, st.st_mtime_ns), guid)
+
+
+def _guid_mtime_ns(path: Path) -> int | None:
+    try:
+        return sidecar_path(path, Kind.GUID).stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def fetch_all(
@@ -115,14 +139,18 @@ def fetch_all(
     *,
     progress: bool,
     clock: Callable[[], float] = time.time,
+    resubmit: bool = False,
 ) -> FetchSummary:
-    """Poll every target to its end, `concurrency` at a time; then wait for their hooks."""
+    """Poll every target to its end, `concurrency` at a time; then wait for their hooks.
+
+    `resubmit`: a task the service lost (or let expire) is uploaded again, billed; without
+    it, such a file fails with the reason."""
     stopping = threading.Event()
     loop.resume_orphans()
 
     def one(target: Target) -> None:
         try:
-            _fetch_one(loop, journal, target, summary, stopping, clock)
+            _fetch_one(loop, journal, target, summary, stopping, clock, resubmit)
         except JournalError as exc:
             summary.failed.append((target.job.path, str(exc)))
 
@@ -157,11 +185,14 @@ def _fetch_one(
     summary: FetchSummary,
     stopping: threading.Event,
     clock: Callable[[], float],
+    resubmit: bool,
 ) -> None:
     job = target.job
     policy = _policy(loop, job)
     pdf = _is_pdf(job.path)
-    journal.start_fetch(job, target.guid, Fetch(policy.timeout_s, 0.0, pdf), clock())
+    fetch = Fetch(policy.timeout_s, 0.0, pdf)
+    started = journal.start_fetch(job, target.guid, fetch, clock(), resubmit=resubmit)
+    resent = False
     # The daemon polls through an outage for as long as it lasts; a command gives up at the
     # deadline with the last trouble, and leaves the file waiting for its result.
     deadline = clock() + policy.timeout_s
@@ -181,10 +212,20 @@ def _fetch_one(
             return
         if name == "completed":
             summary.fetched.append(job.path)
+            if resent:
+                summary.resubmitted.append(job.path)
             return
-        if name == "queued":  # the service lost the task: sent once more, then polled
+        if name == "queued":
+            if not (started and resubmit):
+                # Not ours to send: it waits for the daemon (or `submit`) to send it.
+                summary.failed.append(
+                    (job.path, "it is waiting to be sent; no result to fetch yet")
+                )
+                return
+            # The service lost the task (`--resubmit`): sent once more, then polled.
             claimed = journal.claim_file(job, clock())
             if claimed is not None:
+                resent = True
                 loop.process(claimed)
                 continue
         elif name != "fetching":

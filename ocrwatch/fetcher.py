@@ -47,11 +47,10 @@ class Fetcher:
         rec = self._recorder
         look = look_at(poll.path)
         if look is None and not os.path.lexists(poll.path):
-            return rec.gone(poll.job)
+            return rec.gone_while_fetching(poll, runtime)
         if look is not None and look != Look(poll.size, poll.mtime_ns):
             # Changed since it was sent: the watcher queues it again; no stale result.
-            at = self._clock() + runtime.poll.max_s
-            return rec.poll_again(poll, at, "it changed after it was sent")
+            return rec.stuck(poll, "it changed after it was sent", runtime)
         self._metrics.polled()
         try:
             task = runtime.client.fetch_result(
@@ -76,6 +75,7 @@ class Fetcher:
             messages=task.messages,
             polls=poll.polls,
             resubmits=poll.resubmits,
+            refetch=poll.refetch,
             deadline=poll.deadline,
             timeout_s=poll.fetch_s,
             now=self._clock(),

@@ -35,7 +35,7 @@ from ocrwatch.errors import (
 )
 from ocrwatch.fetcher import Fetcher
 from ocrwatch.hooks import HookRunner
-from ocrwatch.journal import Fetch, Job, Journal, Poll
+from ocrwatch.journal import TASK_LIFETIME_S, Fetch, Job, Journal, Poll
 from ocrwatch.metrics import Metrics
 from ocrwatch.outcome import Recorder, Result, look_at, remove_stale_guid
 from ocrwatch.pause import PAUSE_KEY, Pause, Why
@@ -47,11 +47,12 @@ from ocrwatch.preflight import (
     open_within,
 )
 from ocrwatch.progress import Heartbeats, Worker, call_bound_s
+from ocrwatch.results import has_results
 from ocrwatch.runtime import AUTH_RETRY_S, Runtime
 from ocrwatch.selection import candidate_stat
 from ocrwatch.settings import Settings
 from ocrwatch.settle import Look
-from ocrwatch.sidecar import Kind, why_unwritable
+from ocrwatch.sidecar import Kind, sidecar_path, why_unwritable
 
 log = structlog.get_logger()
 
@@ -272,8 +273,7 @@ class JobLoop:
             raise
         except Exception as exc:  # a bug on one file must not end a worker
             log.exception("poll.crashed", path=str(poll.path))
-            at = self._clock() + runtime.poll.max_s
-            return self._recorder.poll_again(poll, at, f"internal error: {exc}")
+            return self._recorder.stuck(poll, f"internal error: {exc}", runtime)
         finally:
             with self._cond:
                 self._polling.pop(poll.path, None)
@@ -403,10 +403,37 @@ class JobLoop:
                 st = os.fstat(fd)
                 look = Look(st.st_size, st.st_mtime_ns)
             if receipt is not None and not self._is_stale(job, receipt, fd, runtime):
-                return rec.adopted(job, look, receipt)
+                fetch = self._adopted_fetch(job, profile, fd, look, receipt, runtime)
+                return rec.adopted(job, look, receipt, fetch)
             return self._send(job, fd, look, profile, runtime, started)
         finally:
             os.close(fd)
+
+    def _adopted_fetch(
+        self,
+        job: Job,
+        profile: str,
+        fd: int,
+        look: Look,
+        receipt: Receipt,
+        runtime: Runtime,
+    ) -> Fetch | None:
+        """A `.guid` that came with its file (moved while its result was waited for) still
+        gets the result, if its profile fetches results, none is there yet, and the task
+        may still be kept (the `.guid` is less than a day old)."""
+        if receipt.kind is not Kind.GUID:
+            return None
+        try:
+            policy = runtime.book.resolve_for(job.path, job.root, profile).fetch
+            written_at = sidecar_path(job.path, Kind.GUID).stat().st_mtime
+        except (ConfigError, OSError):
+            return None
+        if not policy.enabled or has_results(job.path, look.mtime_ns):
+            return None
+        if self._clock() - written_at > TASK_LIFETIME_S:
+            return None
+        pdf = os.pread(fd, len(PDF_MAGIC), 0) == PDF_MAGIC
+        return Fetch(policy.timeout_s, runtime.poll.first_s, pdf)
 
     def _send(
         self,

@@ -129,7 +129,14 @@ MIGRATIONS: Final = (
 )
 POLL_COLUMNS: Final = (
     "path, root, size, mtime_ns, guid, pdf, polls, fetch_deadline, resubmits, results,"
-    " profile, fetch_s"
+    " profile, fetch_s, refetch"
+)
+# A poll's outcome is recorded only on the row as it was claimed: still `fetching` by this
+# process, with the content and task it was claimed for. A file rewritten meanwhile was queued
+# anew by the watcher, and no answer about the old task may seal the new content.
+POLL_GUARD_SQL: Final = (
+    " WHERE path=? AND state='fetching' AND claimed_by=? AND size=? AND mtime_ns=?"
+    " AND guid=?"
 )
 # The next due poll; claimed_by marks it in flight (a crash: `resume` frees it).
 CLAIM_POLL_SQL: Final = (
@@ -252,6 +259,9 @@ class Poll:
     results: tuple[tuple[str, int, int, int], ...]  # (name, inode, size, mtime_ns) ours
     profile: str | None
     fetch_s: float
+    # The service had the result once (Completed), or the task was only to be asked about
+    # (`fetch`, an adopted `.guid`): NotExist then means it expired, and nothing is uploaded.
+    refetch: bool = False
 
     @property
     def job(self) -> Job:
@@ -473,31 +483,60 @@ class Journal:
             self._file.write(CLAIM_POLL_OF_SQL, (this_process(), now, _key(path), now))
         )
 
+    def _settle_poll(
+        self, poll: Poll, now: float, sql: str, params: tuple[object, ...]
+    ) -> bool:
+        """Record a poll's outcome if the row is still the one claimed (see POLL_GUARD_SQL);
+        False if it moved on meanwhile (rewritten, renamed, freed by `resume`)."""
+        rows = self._file.write(
+            f"UPDATE files SET {sql}, updated_at=?{POLL_GUARD_SQL} RETURNING path",
+            (
+                *params,
+                now,
+                _key(poll.path),
+                this_process(),
+                poll.size,
+                poll.mtime_ns,
+                poll.guid,
+            ),
+        )
+        return bool(rows)
+
     def schedule_poll(
-        self, path: Path, *, at: float, now: float, error: str | None = None
-    ) -> None:
-        """The task is not done yet (or could not be asked about): look again at `at`."""
-        self._set(
-            path,
+        self,
+        poll: Poll,
+        *,
+        at: float,
+        now: float,
+        error: str | None = None,
+        seen_completed: bool = False,
+    ) -> bool:
+        """The task is not done yet (or could not be asked about): look again at `at`.
+
+        `seen_completed`: the service had the result, which could not be written; the row
+        never goes to an upload again for this content (see `Poll.refetch`)."""
+        return self._settle_poll(
+            poll,
             now,
-            "polls=polls+1, next_attempt_at=?, claimed_by=NULL, last_error=?",
-            (at, _text(error)),
+            "polls=polls+1, next_attempt_at=?, claimed_by=NULL, last_error=?,"
+            " refetch=MAX(refetch, ?)",
+            (at, _text(error), seen_completed),
         )
 
     def mark_completed(
-        self, path: Path, *, results: Iterable[tuple[str, int, int, int]], now: float
-    ) -> None:
+        self, poll: Poll, *, results: Iterable[tuple[str, int, int, int]], now: float
+    ) -> bool:
         """Its result files are written: never fetched again (unless the file changes)."""
-        self._set(
-            path,
+        return self._settle_poll(
+            poll,
             now,
             "state='completed', results=?, polls=polls+1, claimed_by=NULL, last_error=NULL",
             (json.dumps([list(r) for r in results]),),
         )
 
     def mark_fetch_failed(
-        self, path: Path, *, reason: str, refetch: bool, now: float
-    ) -> None:
+        self, poll: Poll, *, reason: str, refetch: bool, now: float
+    ) -> bool:
         """No result will come (Error, lost twice) or came in time (`refetch`: `retry` asks
         the service again rather than uploading).
 
@@ -505,37 +544,69 @@ class Journal:
         copy of the file, must upload anew, not reuse the dead task's GUID.
         """
         dead = "" if refetch else ", sha256=NULL, settings_key=NULL, accepted_at=NULL"
-        self._set(
-            path,
+        done = self._settle_poll(
+            poll,
             now,
             "state='rejected', last_error=?, refetch=?, polls=polls+1, claimed_by=NULL"
             + dead,
             (_text(reason), refetch),
         )
+        if done and not refetch:
+            self._drop_source(poll.guid)
+        return done
 
-    def resubmit(self, path: Path, *, reason: str, now: float) -> None:
+    def resubmit(self, poll: Poll, *, reason: str, now: float) -> bool:
         """The service lost the task (NotExist): upload once more, as a new task. Its GUID
         and what made it a dedupe source go, so that neither is used again."""
-        self._set(
-            path,
+        done = self._settle_poll(
+            poll,
             now,
             "state='queued', guid=NULL, sha256=NULL, settings_key=NULL, accepted_at=NULL,"
             " resubmits=resubmits+1, attempts=0, next_attempt_at=0, claimed_by=NULL,"
             " last_error=?",
             (_text(reason),),
         )
+        if done:
+            self._drop_source(poll.guid)
+        return done
 
-    def start_fetch(self, job: Job, guid: str, fetch: Fetch, now: float) -> bool:
+    def note_reason(self, path: Path, reason: str, *, now: float) -> None:
+        """Replace the recorded reason (its `.error` could not be written after all)."""
+        self._set(path, now, "last_error=?", (_text(reason),))
+
+    def _drop_source(self, guid: str) -> None:
+        """A dead task is no dedupe source for any row: a copy that was given its GUID keeps
+        it (its own poll finds out), but no new file may dedupe onto it."""
+        self._file.write(
+            "UPDATE files SET sha256=NULL, settings_key=NULL, accepted_at=NULL WHERE guid=?",
+            (guid,),
+        )
+
+    def keep_as_source(self, poll: Poll, now: float) -> bool:
+        """Its file went away while its result was waited for (renamed, moved): the row
+        stays, `submitted` with its GUID and content, so that the file under its new name
+        reuses the task instead of being paid for again. The prune removes it in time."""
+        return self._settle_poll(
+            poll, now, "state='submitted', claimed_by=NULL, next_attempt_at=0", ()
+        )
+
+    def start_fetch(
+        self, job: Job, guid: str, fetch: Fetch, now: float, *, resubmit: bool = False
+    ) -> bool:
         """Wait for the result of a task a `.guid` names (`ocrwatch fetch`), recording the
-        file if it is new. False if it is in flight or already completed with this content."""
+        file if it is new. False if it is in flight or already completed with this content.
+
+        Without `resubmit`, a task the service no longer has (expired after a day) ends in
+        `.error` rather than a new, billed upload."""
         rows = self._file.write(
             "INSERT INTO files(path, root, size, mtime_ns, state, guid, pdf, fetch_s,"
-            " fetch_deadline, next_attempt_at, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, 'fetching', ?, ?, ?, ?, ?, ?, ?)"
+            " fetch_deadline, next_attempt_at, refetch, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, 'fetching', ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT(path) DO UPDATE SET state='fetching', guid=excluded.guid,"
             " size=excluded.size, mtime_ns=excluded.mtime_ns, pdf=excluded.pdf,"
             " fetch_s=excluded.fetch_s, fetch_deadline=excluded.fetch_deadline,"
-            " next_attempt_at=excluded.next_attempt_at, polls=0, refetch=0, held=0,"
+            " next_attempt_at=excluded.next_attempt_at, polls=0, refetch=excluded.refetch,"
+            " held=0,"
             " claimed_by=NULL, last_error=NULL, updated_at=excluded.updated_at"
             " WHERE files.state NOT IN ('submitting', 'queued')"
             " AND NOT (files.state='fetching' AND files.claimed_by IS NOT NULL)"
@@ -552,6 +623,7 @@ class Journal:
                 fetch.timeout_s,
                 now + fetch.timeout_s,
                 now + fetch.first_poll_s,
+                not resubmit,
                 now,
                 now,
             ),
@@ -611,17 +683,40 @@ class Journal:
         return None if not rows else (Path(unkey(rows[0][0])), rows[0][1], rows[0][2])
 
     def mark_adopted(
-        self, path: Path, *, guid: str, size: int, mtime_ns: int, now: float
+        self,
+        path: Path,
+        *,
+        guid: str,
+        size: int,
+        mtime_ns: int,
+        now: float,
+        fetch: Fetch | None = None,
     ) -> None:
         """Done by a current `.guid` found beside the file. If ocrwatch gave this GUID to this
-        path, the row keeps what makes it a dedupe source; a GUID from elsewhere does not."""
+        path, the row keeps what makes it a dedupe source; a GUID from elsewhere does not.
+
+        With `fetch` (its profile fetches results, and none is there), its result is waited
+        for; a task the service no longer has then ends in `.error`, never in an upload."""
         self._file.write(
-            "UPDATE files SET state='submitted', size=?2, mtime_ns=?3,"
+            "UPDATE files SET state=?6, size=?2, mtime_ns=?3,"
             " sha256=CASE WHEN guid=?1 THEN sha256 END,"
             " settings_key=CASE WHEN guid=?1 THEN settings_key END,"
             " accepted_at=CASE WHEN guid=?1 THEN accepted_at END,"
+            " pdf=?7, fetch_s=?8, fetch_deadline=?4+?8, next_attempt_at=?4+?9, polls=0,"
+            " refetch=?10, claimed_by=NULL,"
             " guid=?1, last_error=NULL, held=0, updated_at=?4 WHERE path=?5",
-            (guid, size, mtime_ns, now, _key(path)),
+            (
+                guid,
+                size,
+                mtime_ns,
+                now,
+                _key(path),
+                "submitted" if fetch is None else "fetching",
+                fetch is not None and fetch.pdf,
+                None if fetch is None else fetch.timeout_s,
+                0 if fetch is None else fetch.first_poll_s,
+                fetch is not None,
+            ),
         )
 
     def mark_rejected(
@@ -972,6 +1067,7 @@ def _poll(rows: list[sqlite3.Row]) -> Poll | None:
         results,
         r[10],
         float(r[11] or 0.0),
+        bool(r[12]),
     )
 
 

@@ -36,6 +36,7 @@ from ocrwatch.sidecar import (
     sidecar_path,
     write_sidecar,
 )
+from ocrwatch.upkeep import has_entries
 
 log = structlog.get_logger()
 
@@ -76,6 +77,13 @@ def look_at(path: Path) -> Look | None:
     except OSError:
         return None
     return Look(st.st_size, st.st_mtime_ns)
+
+
+def _remove(files: tuple[Path, ...]) -> None:
+    """Results just written for content the file no longer has."""
+    for path in files:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def restore_guid(path: Path, guid: str) -> None:
@@ -165,9 +173,12 @@ class Recorder:
             fetch=fetch,
         )
 
-    def adopted(self, job: Job, look: Look, receipt: Receipt) -> Result:
+    def adopted(
+        self, job: Job, look: Look, receipt: Receipt, fetch: Fetch | None = None
+    ) -> Result:
         """Its sidecar is current (a copied tree, a folder moved with its sidecars): the
-        sidecar is the receipt; record it and send nothing."""
+        sidecar is the receipt; record it and send nothing. With `fetch`, its result is
+        fetched (a file moved with its `.guid` while it was waited for)."""
         now = self._clock()
         if receipt.kind is Kind.GUID:
             self._journal.mark_adopted(
@@ -176,6 +187,7 @@ class Recorder:
                 size=look.size,
                 mtime_ns=look.mtime_ns,
                 now=now,
+                fetch=fetch,
             )
             log.info("job.sidecar_current", path=str(job.path), guid=receipt.text)
             return Result(Outcome.ADOPTED, guid=receipt.text)
@@ -371,17 +383,60 @@ class Recorder:
         self._journal.release(job, now=self._clock(), reason=reason)
         return Result(Outcome.AUTH, reason)
 
-    def poll_again(self, poll: Poll, at: float, error: str | None = None) -> Result:
+    def poll_again(
+        self,
+        poll: Poll,
+        at: float,
+        error: str | None = None,
+        *,
+        seen_completed: bool = False,
+    ) -> Result:
         """Not done yet, or the service could not be asked: the next look at `at`."""
-        self._journal.schedule_poll(poll.path, at=at, now=self._clock(), error=error)
+        self._journal.schedule_poll(
+            poll, at=at, now=self._clock(), error=error, seen_completed=seen_completed
+        )
         return Result(Outcome.FETCHING, error, guid=poll.guid)
+
+    def stuck(
+        self,
+        poll: Poll,
+        error: str,
+        runtime: Runtime,
+        *,
+        seen_completed: bool = False,
+    ) -> Result:
+        """Trouble on our side (a result that cannot be written, a file that changed, a bug):
+        asked again every max_s, but only until fetch_timeout. Then `.error`, and `retry`
+        asks again; a task left to expire would otherwise be uploaded (billed) once more."""
+        now = self._clock()
+        if now >= poll.deadline:
+            return self.fetch_failed(
+                poll, f"no result written in time: {error}", runtime, refetch=True
+            )
+        at = min(poll.deadline, now + runtime.poll.max_s)
+        return self.poll_again(poll, at, error, seen_completed=seen_completed)
+
+    def gone_while_fetching(self, poll: Poll, runtime: Runtime) -> Result:
+        """The file is not there any more while its result is waited for.
+
+        A watched folder that is missing or empty is a share not mounted: asked again later,
+        nothing forgotten. Otherwise it was renamed or moved: the row stays as a dedupe source
+        (see `Journal.keep_as_source`), so that the file under its new name is not paid for
+        again."""
+        if not has_entries(poll.root):
+            why = "its watched folder is missing or empty (a share not mounted?)"
+            return self.poll_again(poll, self._clock() + runtime.poll.max_s, why)
+        self._journal.keep_as_source(poll, self._clock())
+        log.info("job.gone", path=str(poll.path), guid=poll.guid)
+        return Result(Outcome.GONE, "the file went away before its result came")
 
     def completed(self, poll: Poll, task: TaskResult, runtime: Runtime) -> Result:
         """Write the task's results next to the original, then the row is `completed`.
 
         A name that holds a file the journal does not know as ours is a user's: the result
         goes to `<name>.ocr.<ext>` instead. If the folder refuses the write, the result is
-        asked for again later (the service keeps it for a day).
+        asked for again later (the service keeps it for a day). A file rewritten while its
+        result was written gets none of it: the results go, and the new content is sent.
         """
         recorded = {name: (ino, size, mtime) for name, ino, size, mtime in poll.results}
 
@@ -393,22 +448,38 @@ class Recorder:
             return recorded.get(path.name) == (st.st_ino, st.st_size, st.st_mtime_ns)
 
         entries = [(e.kind, e.data) for e in task.results]
+        wrote_guid = False
         try:
             written = write_results(
                 poll.path, entries, is_ours, staging=runtime.staging
             )
             signatures = [(p.name, *written_signature(p)) for p in written.files]
+            if look_at(poll.path) != Look(poll.size, poll.mtime_ns):
+                _remove(written.files)
+                return self.stuck(
+                    poll, "it changed while its result was written", runtime
+                )
             if (
                 read_guid(poll.path) != poll.guid
             ):  # `retry` after a timeout: it had .error
                 write_sidecar(poll.path, Kind.GUID, poll.guid, staging=runtime.staging)
+                wrote_guid = True
         except SidecarError as exc:
             log.error("result.write_failed", path=str(poll.path), error=str(exc))
-            at = self._clock() + runtime.poll.max_s
-            return self.poll_again(poll, at, f"result not written: {exc}")
+            return self.stuck(
+                poll, f"result not written: {exc}", runtime, seen_completed=True
+            )
         # Ours even if the row goes (a prune, the original deleted): never taken as input.
         self._journal.note_results(poll.path, signatures, self._clock())
-        self._journal.mark_completed(poll.path, results=signatures, now=self._clock())
+        if not self._journal.mark_completed(
+            poll, results=signatures, now=self._clock()
+        ):
+            # The row moved on meanwhile (the file was rewritten and queued again).
+            _remove(written.files)
+            if wrote_guid:
+                remove_stale_guid(poll.path, poll.guid)
+            log.info("result.dropped", path=str(poll.path), guid=poll.guid)
+            return Result(Outcome.UNSETTLED, "it changed while its result was fetched")
         for skipped in written.skipped:
             log.warning("result.skipped", path=str(poll.path), reason=skipped.reason)
         if task.warnings:
@@ -428,15 +499,19 @@ class Recorder:
     def fetch_failed(
         self, poll: Poll, reason: str, runtime: Runtime, *, refetch: bool
     ) -> Result:
-        """No result: `.error` with why (it replaces the `.guid`; the journal keeps the GUID)."""
+        """No result: `.error` with why (it replaces the `.guid`; the journal keeps the GUID).
+
+        The row first: a file rewritten meanwhile gets no `.error` for its old content."""
+        if not self._journal.mark_fetch_failed(
+            poll, reason=reason, refetch=refetch, now=self._clock()
+        ):
+            return Result(Outcome.UNSETTLED, "it changed while its result was fetched")
         try:
             write_sidecar(poll.path, Kind.ERROR, reason, staging=runtime.staging)
         except SidecarError as exc:
             log.error("sidecar.write_failed", path=str(poll.path), error=str(exc))
             reason = f"{reason} {NO_ERROR_NOTE}{exc})"
-        self._journal.mark_fetch_failed(
-            poll.path, reason=reason, refetch=refetch, now=self._clock()
-        )
+            self._journal.note_reason(poll.path, reason, now=self._clock())
         self._metrics.fetch_failed()
         log.warning(
             "job.fetch_failed", path=str(poll.path), guid=poll.guid, error=reason
@@ -446,8 +521,9 @@ class Recorder:
     def resubmitted(self, poll: Poll, reason: str) -> Result:
         """The service lost the task: its `.guid` goes, and the file is uploaded once more
         (a new, billed task; logged as such)."""
+        if not self._journal.resubmit(poll, reason=reason, now=self._clock()):
+            return Result(Outcome.UNSETTLED, "it changed while its result was fetched")
         remove_stale_guid(poll.path, poll.guid)
-        self._journal.resubmit(poll.path, reason=reason, now=self._clock())
         self._metrics.resubmitted()
         log.warning(
             "job.resubmitted", path=str(poll.path), lost_guid=poll.guid, error=reason

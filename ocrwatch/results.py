@@ -62,6 +62,18 @@ def result_names(original: Path, kind: str) -> tuple[Path, Path] | None:
     )
 
 
+def has_results(original: Path, mtime_ns: int) -> bool:
+    """Is a result of any type beside the file, no older than it (written for this content)?"""
+    for ext in RESULT_EXTENSIONS.values():
+        for name in (f"{original.name}.{ext}", f"{original.name}{RESULT_INFIX}.{ext}"):
+            try:
+                if original.with_name(name).lstat().st_mtime_ns >= mtime_ns:
+                    return True
+            except OSError:
+                continue
+    return False
+
+
 def file_bytes(kind: str, data: bytes) -> bytes:
     """What goes in the file: text as UTF-8 with a trailing newline, anything else as sent."""
     if kind != "Text":

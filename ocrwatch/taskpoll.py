@@ -97,6 +97,7 @@ def decide(
     messages: tuple[str, ...],
     polls: int,
     resubmits: int,
+    refetch: bool = False,
     deadline: float,
     timeout_s: float,
     now: float,
@@ -109,6 +110,14 @@ def decide(
         said = "; ".join(m.strip() for m in messages if m.strip()) or "no reason given"
         return Decision(Next.FAIL, reason=f"the service could not recognize it: {said}")
     if status == "NotExist":
+        if refetch:
+            # It had a result once, or was only to be asked about: it expired (the service
+            # keeps a task a day), and uploading it again is for the user to decide.
+            return Decision(
+                Next.FAIL,
+                reason="the service no longer has the task (NotExist; it keeps results "
+                "for 24 h); `ocrwatch retry` sends it again (billed)",
+            )
         if resubmits == 0:
             return Decision(
                 Next.RESUBMIT,

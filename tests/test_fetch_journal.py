@@ -71,8 +71,10 @@ def test_retry_after_a_timeout_fetches_again_without_upload(journal):
     """A row failed at its deadline (refetch) goes back to `fetching` with a new deadline,
     its GUID kept; one failed in Error goes back to the queue for an upload."""
     submitted_fetching(journal)
+    first = journal.claim_poll(800.0)
+    assert first is not None
     journal.mark_fetch_failed(
-        P, reason="no result after 10 min", refetch=True, now=800.0
+        first, reason="no result after 10 min", refetch=True, now=800.0
     )
 
     [back] = journal.requeue([P], now=900.0)
@@ -81,7 +83,7 @@ def test_retry_after_a_timeout_fetches_again_without_upload(journal):
     assert P == back
     assert poll is not None
     assert ("g-1", 1500.0) == (poll.guid, poll.deadline)
-    journal.mark_fetch_failed(P, reason="Error", refetch=False, now=901.0)
+    journal.mark_fetch_failed(poll, reason="Error", refetch=False, now=901.0)
     journal.requeue([P], now=902.0)
     assert "queued" == journal.lookup([P])[str(P)].state
 
