@@ -228,6 +228,14 @@ def _fetch_one(
                 resent = True
                 loop.process(claimed)
                 continue
+        elif name == "submitted" and resent:
+            # Sent again under a profile that does not fetch: its new task is asked about.
+            entry = journal.lookup([job.path]).get(str(job.path))
+            guid = None if entry is None else entry.guid
+            if guid and journal.start_fetch(job, guid, fetch, clock()):
+                continue
+            summary.failed.append((job.path, error or name))
+            return
         elif name != "fetching":
             summary.failed.append((job.path, error or name))
             return

@@ -587,7 +587,10 @@ class Journal:
         stays, `submitted` with its GUID and content, so that the file under its new name
         reuses the task instead of being paid for again. The prune removes it in time."""
         return self._settle_poll(
-            poll, now, "state='submitted', claimed_by=NULL, next_attempt_at=0", ()
+            poll,
+            now,
+            "state='submitted', claimed_by=NULL, next_attempt_at=0, last_error=?",
+            ("the file went away before its result came",),
         )
 
     def start_fetch(

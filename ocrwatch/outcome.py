@@ -459,10 +459,15 @@ class Recorder:
                 return self.stuck(
                     poll, "it changed while its result was written", runtime
                 )
-            if (
-                read_guid(poll.path) != poll.guid
-            ):  # `retry` after a timeout: it had .error
-                write_sidecar(poll.path, Kind.GUID, poll.guid, staging=runtime.staging)
+            # `retry` after a timeout: it had `.error`.
+            if read_guid(poll.path) != poll.guid:
+                try:
+                    write_sidecar(
+                        poll.path, Kind.GUID, poll.guid, staging=runtime.staging
+                    )
+                except SidecarError:
+                    _remove(written.files)  # not recorded: they would not be ours later
+                    raise
                 wrote_guid = True
         except SidecarError as exc:
             log.error("result.write_failed", path=str(poll.path), error=str(exc))
