@@ -49,8 +49,8 @@ class Fetcher:
         if look is None and not os.path.lexists(poll.path):
             return rec.gone_while_fetching(poll, runtime)
         if look is not None and look != Look(poll.size, poll.mtime_ns):
-            # Changed since it was sent: the watcher queues it again; no stale result.
-            return rec.stuck(poll, "it changed after it was sent", runtime)
+            # Changed since it was sent, and not queued again yet: no stale result for it.
+            return rec.changed_while_fetching(poll, look)
         self._metrics.polled()
         try:
             task = runtime.client.fetch_result(

@@ -405,7 +405,7 @@ class Recorder:
         *,
         seen_completed: bool = False,
     ) -> Result:
-        """Trouble on our side (a result that cannot be written, a file that changed, a bug):
+        """Trouble on our side (a result that cannot be written, a bug):
         asked again every max_s, but only until fetch_timeout. Then `.error`, and `retry`
         asks again; a task left to expire would otherwise be uploaded (billed) once more."""
         now = self._clock()
@@ -415,6 +415,16 @@ class Recorder:
             )
         at = min(poll.deadline, now + runtime.poll.max_s)
         return self.poll_again(poll, at, error, seen_completed=seen_completed)
+
+    def changed_while_fetching(self, poll: Poll, look: Look) -> Result:
+        """Rewritten since it was sent, and the watcher has not queued it again (yet): it is
+        queued here, as the watcher would, and the old task's result is never written."""
+        changed = Job(poll.path, poll.root, look.size, look.mtime_ns)
+        self._journal.note_many([changed], self._clock())
+        log.info(
+            "job.changed", path=str(poll.path), error="it changed after it was sent"
+        )
+        return Result(Outcome.UNSETTLED, "it changed after it was sent")
 
     def gone_while_fetching(self, poll: Poll, runtime: Runtime) -> Result:
         """The file is not there any more while its result is waited for.
@@ -454,11 +464,11 @@ class Recorder:
                 poll.path, entries, is_ours, staging=runtime.staging
             )
             signatures = [(p.name, *written_signature(p)) for p in written.files]
-            if look_at(poll.path) != Look(poll.size, poll.mtime_ns):
+            if (now := look_at(poll.path)) != Look(poll.size, poll.mtime_ns):
                 _remove(written.files)
-                return self.stuck(
-                    poll, "it changed while its result was written", runtime
-                )
+                if now is None:
+                    return self.gone_while_fetching(poll, runtime)
+                return self.changed_while_fetching(poll, now)
             # `retry` after a timeout: it had `.error`.
             if read_guid(poll.path) != poll.guid:
                 try:
