@@ -536,9 +536,11 @@ class Recorder:
     def resubmitted(self, poll: Poll, reason: str) -> Result:
         """The service lost the task: its `.guid` goes, and the file is uploaded once more
         (a new, billed task; logged as such)."""
+        # The `.guid` first: once queued, another thread may claim the file, and would adopt
+        # a `.guid` of the lost task. A `.guid` naming a lost task is worth nothing anyway.
+        remove_stale_guid(poll.path, poll.guid)
         if not self._journal.resubmit(poll, reason=reason, now=self._clock()):
             return Result(Outcome.UNSETTLED, "it changed while its result was fetched")
-        remove_stale_guid(poll.path, poll.guid)
         self._metrics.resubmitted()
         log.warning(
             "job.resubmitted", path=str(poll.path), lost_guid=poll.guid, error=reason
