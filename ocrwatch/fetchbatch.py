@@ -2,8 +2,9 @@
 `fetch_results` was on, or by `submit`), through the journal `run` uses.
 
 Each file becomes a `fetching` row and is polled by the same step as the daemon's (a running
-daemon may take some of the polls: the row is claimed either way). A task the service lost is
-sent once more here, as the daemon would.
+daemon may take some of the polls: the row is claimed either way). Only a `.guid` that is
+current for the file is trusted. A task the service no longer has (its 24 hours are over) is
+uploaded again only with `--resubmit`, which bills it, and the summary counts those.
 """
 
 from __future__ import annotations
