@@ -589,7 +589,12 @@ class TestPrune:
         journal.close()
 
         # Three batches of rows, then the result files' records.
-        assert (4, False, True, 0) == (steps, again, tomorrow, total)  # tomorrow: a walk
+        assert (4, False, True, 0) == (
+            steps,
+            again,
+            tomorrow,
+            total,
+        )  # tomorrow: a walk
 
     @pytest.mark.parametrize(
         ("last", "now", "due"),
