@@ -223,6 +223,16 @@ def _fetch_one(
                     (job.path, "it is waiting to be sent; no result to fetch yet")
                 )
                 return
+            if resent or _changed(job):
+                # Changed since the fetch began (its poll queued it anew): the daemon, or a
+                # `submit`, sends the new content once it settles; not this command.
+                summary.failed.append(
+                    (
+                        job.path,
+                        "it changed while its result was fetched; it is sent anew",
+                    )
+                )
+                return
             # The service lost the task (`--resubmit`): sent once more, then polled.
             claimed = journal.claim_file(job, clock())
             if claimed is not None:
@@ -246,6 +256,15 @@ def _fetch_one(
             continue
         stopping.wait(max(0.01, min(WAIT_MAX_S, due - clock())))
     summary.failed.append((job.path, "interrupted"))
+
+
+def _changed(job: Job) -> bool:
+    """Does the file look otherwise than when the fetch began?"""
+    try:
+        st = job.path.stat()
+    except OSError:
+        return True
+    return (st.st_size, st.st_mtime_ns) != (job.size, job.mtime_ns)
 
 
 def _policy(loop: JobLoop, job: Job) -> FetchPolicy:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import structlog
 
@@ -24,6 +25,18 @@ from ocrwatch.taskpoll import Next, again, decide
 log = structlog.get_logger()
 
 Progress = Callable[[str, float], None]
+
+
+def is_missing(path: Path) -> bool:
+    """Gone for sure: no such name. A share's EIO, ESTALE or EACCES is not "gone": the
+    task is asked about again later, and its result kept for the file."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 class Fetcher:
@@ -46,7 +59,7 @@ class Fetcher:
         """Ask about `poll`'s task once and record the answer. Raises only JournalError."""
         rec = self._recorder
         look = look_at(poll.path)
-        if look is None and not os.path.lexists(poll.path):
+        if look is None and is_missing(poll.path):
             return rec.gone_while_fetching(poll, runtime)
         if look is not None and look != Look(poll.size, poll.mtime_ns):
             # Changed since it was sent, and not queued again yet: no stale result for it.

@@ -30,6 +30,7 @@ import structlog
 log = structlog.get_logger()
 
 HOOK_THREADS: Final = 2
+KILL_GRACE_S: Final = 5.0  # after SIGKILL, for the kernel to end it
 OUTPUT_MAX: Final = 400  # of a failed hook's stderr, in its log line
 TAIL_MAX: Final = (
     64 * 1024
@@ -175,9 +176,20 @@ def run_hook(call: HookCall, running: Running | None = None) -> bool:
         proc.wait(timeout=call.timeout_s)
         timed_out = False
     except subprocess.TimeoutExpired:
-        kill_group(proc)
-        proc.wait()
         timed_out = True
+        killed = kill_group(proc)
+        try:
+            proc.wait(timeout=KILL_GRACE_S)
+        except subprocess.TimeoutExpired:
+            # Not ours to kill (a hook run through sudo) or stuck in the kernel (a hung
+            # share): given up, so that it holds neither this thread nor the daemon's exit.
+            log.error(
+                "hook.unkillable",
+                **where,
+                pid=proc.pid,
+                kill="refused" if not killed else "sent",
+                fix="bound the hook itself, e.g. with timeout(1) inside a sudo'd command",
+            )
     finally:
         running.ended(proc)
         err = tail.close()
@@ -205,10 +217,16 @@ def run_hook(call: HookCall, running: Running | None = None) -> bool:
     return True
 
 
-def kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """The hook and whatever it started (it leads its own process group)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+def kill_group(proc: subprocess.Popen[bytes]) -> bool:
+    """The hook and whatever it started (it leads its own process group); False if the
+    kernel refused (another user's process: a hook run through sudo)."""
+    try:
         os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return True
 
 
 class HookRunner:
