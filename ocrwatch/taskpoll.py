@@ -110,7 +110,10 @@ def decide(
         said = "; ".join(m.strip() for m in messages if m.strip()) or "no reason given"
         return Decision(Next.FAIL, reason=f"the service could not recognize it: {said}")
     if status == "NotExist":
-        if refetch:
+        # Past the deadline the task was only still asked about because asking failed (an
+        # outage, an answer that could not be read): uploading it again, billed, is for the
+        # user to decide then, not for a loop that could repeat it.
+        if refetch or now >= deadline:
             # It had a result once, or was only to be asked about: it expired (the service
             # keeps a task a day), and uploading it again is for the user to decide.
             return Decision(

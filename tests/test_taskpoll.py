@@ -121,3 +121,13 @@ def test_not_exist_is_sent_once_more_then_fails():
 
     assert (Next.RESUBMIT, Next.FAIL) == (first.next, second.next)
     assert "lost the task twice" in second.reason
+
+
+def test_not_exist_past_the_deadline_is_no_automatic_upload():
+    """Still asked about past the deadline only because asking failed (an outage, an answer
+    that could not be read), a task the service no longer has is not uploaded again by the
+    daemon: that billed upload is `retry`'s, so that no loop can repeat it."""
+    decision = _decide("NotExist", now=600.0)
+
+    assert Next.FAIL is decision.next
+    assert "`ocrwatch retry` sends it again (billed)" in decision.reason
