@@ -63,7 +63,7 @@ class Fetcher:
             return rec.gone_while_fetching(poll, runtime)
         if look is not None and look != Look(poll.size, poll.mtime_ns):
             # Changed since it was sent, and not queued again yet: no stale result for it.
-            return rec.changed_while_fetching(poll, look)
+            return rec.changed_while_fetching(poll, look, runtime)
         self._metrics.polled()
         try:
             task = runtime.client.fetch_result(

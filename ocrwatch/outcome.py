@@ -416,11 +416,18 @@ class Recorder:
         at = min(poll.deadline, now + runtime.poll.max_s)
         return self.poll_again(poll, at, error, seen_completed=seen_completed)
 
-    def changed_while_fetching(self, poll: Poll, look: Look) -> Result:
+    def changed_while_fetching(
+        self, poll: Poll, look: Look, runtime: Runtime
+    ) -> Result:
         """Rewritten since it was sent, and the watcher has not queued it again (yet): it is
-        queued here, as the watcher would, and the old task's result is never written."""
+        queued here, as the watcher would, and the old task's result is never written. It
+        waits its folder's settle time first: it may be caught mid-rewrite."""
+        now = self._clock()
         changed = Job(poll.path, poll.root, look.size, look.mtime_ns)
-        self._journal.note_many([changed], self._clock())
+        self._journal.note_many([changed], now)
+        self._journal.release(
+            changed, now=now, not_before=now + runtime.settle_s(poll.root)
+        )
         log.info(
             "job.changed", path=str(poll.path), error="it changed after it was sent"
         )
@@ -468,7 +475,7 @@ class Recorder:
                 _remove(written.files)
                 if now is None:
                     return self.gone_while_fetching(poll, runtime)
-                return self.changed_while_fetching(poll, now)
+                return self.changed_while_fetching(poll, now, runtime)
             # `retry` after a timeout: it had `.error`.
             if read_guid(poll.path) != poll.guid:
                 try:
