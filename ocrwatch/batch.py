@@ -19,7 +19,7 @@ from typing import Final
 
 from tqdm import tqdm
 
-from ocrwatch.config import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, Config, FolderConfig
+from ocrwatch.config import DEFAULT_INCLUDE, Config, FolderConfig
 from ocrwatch.errors import JournalError
 from ocrwatch.jobloop import JobLoop
 from ocrwatch.journal import ACCEPTED_STATES, DONE_STATES, Entry, Job, Journal
@@ -28,7 +28,7 @@ from ocrwatch.selection import (
     deepest_root,
     is_result_file,
     is_written_result,
-    walk_candidates,
+    walk_given,
 )
 from ocrwatch.sidecar import (
     Kind,
@@ -89,13 +89,7 @@ def _walk(
     summary: Summary,
 ) -> list[Job]:
     jobs = []
-    for batch in walk_candidates(
-        directory,
-        recursive=folder.recursive if folder else True,
-        include=folder.include if folder else DEFAULT_INCLUDE,
-        exclude=folder.exclude if folder else DEFAULT_EXCLUDE,
-        roots=[root],
-    ):
+    for batch in walk_given(directory, folder, root):
         for found in batch:
             path = Path(found.path)
             if has_current_sidecar(found.mtime_ns, found.sidecar_mtime_ns):

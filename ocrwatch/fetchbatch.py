@@ -21,12 +21,12 @@ from typing import Final
 
 from tqdm import tqdm
 
-from ocrwatch.config import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, Config
+from ocrwatch.config import Config
 from ocrwatch.errors import ConfigError, JournalError
 from ocrwatch.jobloop import PDF_MAGIC, JobLoop
 from ocrwatch.journal import Entry, Fetch, Job, Journal
 from ocrwatch.profiles import FetchPolicy
-from ocrwatch.selection import deepest_root, walk_candidates
+from ocrwatch.selection import deepest_root, walk_given
 from ocrwatch.sidecar import Kind, has_current_sidecar, read_guid, sidecar_path
 
 WAIT_MAX_S: Final = 0.5  # between looks at a row another thread or process polls
@@ -65,13 +65,7 @@ def find_targets(
         if not path.is_dir():
             candidates.append((path, root))
             continue
-        for batch in walk_candidates(
-            path,
-            recursive=folder.recursive if folder else True,
-            include=folder.include if folder else DEFAULT_INCLUDE,
-            exclude=folder.exclude if folder else DEFAULT_EXCLUDE,
-            roots=[root],
-        ):
+        for batch in walk_given(path, folder, root):
             candidates += [(Path(found.path), root) for found in batch]
     known = journal.lookup(path for path, _ in candidates)
     targets = []

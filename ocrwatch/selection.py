@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Final
 
-from ocrwatch.config import DEFAULT_INCLUDE
+from ocrwatch.config import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, FolderConfig
 from ocrwatch.profiles import OVERRIDE_NAME
 from ocrwatch.sidecar import (
     RESULT_EXTENSIONS,
@@ -211,6 +211,20 @@ class Found:
     size: int
     mtime_ns: int
     sidecar_mtime_ns: int | None
+
+
+def walk_given(
+    directory: Path, folder: FolderConfig | None, root: Path
+) -> Iterator[list[Found]]:
+    """A folder given on the command line (`submit`, `fetch`): walked by the rules of the
+    watched folder it lies in, or by the defaults if it lies in none."""
+    return walk_candidates(
+        directory,
+        recursive=folder.recursive if folder else True,
+        include=folder.include if folder else DEFAULT_INCLUDE,
+        exclude=folder.exclude if folder else DEFAULT_EXCLUDE,
+        roots=[root],
+    )
 
 
 def walk_candidates(

@@ -111,3 +111,25 @@ def cli_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCRWATCH_")}
     env.update(extra)
     return env
+
+
+def run_on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """`ocrwatch ARGS` with stdout and stderr on a pseudo-terminal, as a user at a shell
+    sees it (progress bars are drawn only there): (exit code, everything it wrote)."""
+    import pty
+    import subprocess
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*OCRWATCH, *args], stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO once the child has closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(master)
+    return proc.wait(30), output.decode(errors="replace")

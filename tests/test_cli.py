@@ -14,7 +14,7 @@ from ocrwatch.client import OcrClient
 from ocrwatch.config import ApiConfig, Credentials
 from ocrwatch.settings import Settings
 
-from .conftest import OCRWATCH, SECRET, cli_env, write_config
+from .conftest import OCRWATCH, SECRET, cli_env, run_on_a_terminal, write_config
 from .images import write_png
 
 
@@ -370,32 +370,12 @@ def test_emulator_command_prints_url_first_and_exits_0_on_sigterm(tmp_path):
 
 def test_submit_on_a_terminal_shows_a_progress_bar(config_file, inbox, emulator):
     """On a TTY, submit draws a progress bar (and keeps info logs quiet); the summary still follows."""
-    import os
-    import pty
-
     for i in range(3):
         write_png(inbox / f"s{i}.png", i)
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [*OCRWATCH, "submit", "-c", str(config_file), str(inbox)],
-        stdout=slave,
-        stderr=slave,
-        env=cli_env(),
+    code, text = run_on_a_terminal(
+        ["submit", "-c", str(config_file), str(inbox)], cli_env()
     )
-    os.close(slave)
-    output = b""
-    while True:
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:  # EIO once the child has closed the terminal
-            break
-        if not chunk:
-            break
-        output += chunk
-    os.close(master)
-    code = proc.wait(30)
 
-    text = output.decode(errors="replace")
     assert 0 == code
     assert "3/3" in text
     assert "submitted 3, reused 0, skipped 0 (sidecar present), failed 0" in text

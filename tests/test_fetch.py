@@ -384,11 +384,7 @@ def test_a_copy_reuses_the_task_and_gets_its_own_results(emulator, tmp_path, inb
 
 def test_fetch_on_a_terminal_shows_a_progress_bar(emulator, tmp_path, inbox):
     """On a TTY, `ocrwatch fetch` draws a progress bar, keeps info logs quiet, then sums up."""
-    import os
-    import pty
-    import subprocess
-
-    from .conftest import OCRWATCH, cli_env
+    from .conftest import cli_env, run_on_a_terminal
 
     config = write_config(
         tmp_path / "config.yaml", emulator.url, [{"path": str(inbox)}]
@@ -396,27 +392,10 @@ def test_fetch_on_a_terminal_shows_a_progress_bar(emulator, tmp_path, inbox):
     for i in range(3):
         (inbox / f"s{i}.png").write_bytes(png_bytes(60 + i))
     assert 0 == main(["submit", "-c", str(config), str(inbox)])
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [*OCRWATCH, "fetch", "-c", str(config)],
-        stdout=slave,
-        stderr=slave,
-        env=cli_env(OCRWATCH_POLL_SCALE="0.05"),
+    code, text = run_on_a_terminal(
+        ["fetch", "-c", str(config)], cli_env(OCRWATCH_POLL_SCALE="0.05")
     )
-    os.close(slave)
-    output = b""
-    while True:
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:  # EIO once the child has closed the terminal
-            break
-        if not chunk:
-            break
-        output += chunk
-    os.close(master)
-    code = proc.wait(30)
 
-    text = output.decode(errors="replace")
     assert 0 == code
     assert "3/3" in text
     assert "fetched 3, skipped 0 (results written already), failed 0" in text
